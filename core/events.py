@@ -1,0 +1,220 @@
+"""Events: what is appended (:class:`NewEvent`), what is read (:class:`EventEnvelope`), and the
+typed domain events a registry decodes envelopes into, with upcasters for old schema versions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import ConfigurationError, InvalidEvent
+from core.position import Position
+
+__all__ = (
+    "DomainEvent",
+    "EventEnvelope",
+    "EventLimits",
+    "EventRegistry",
+    "NewEvent",
+    "RawEvent",
+    "check_payload",
+)
+
+JSON = dict[str, Any]
+
+
+class EventLimits(BaseModel):
+    """Bounds on what an append accepts; anything larger is refused with :class:`InvalidEvent`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_payload_bytes: int = Field(default=1_048_576, gt=0)
+    max_depth: int = Field(default=64, gt=0)
+    max_stream_id_length: int = Field(default=200, gt=0)
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """True when ``value`` nests no deeper than ``limit`` (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def check_payload(stream_id: str, event: NewEvent, limits: EventLimits) -> str:
+    """Validate one event against ``limits`` and return its data encoded as JSON text.
+
+    Raises :class:`InvalidEvent` naming the stream, the event type and the limit broken.
+    """
+    where = f"stream {stream_id!r}, event {event.event_type!r}"
+    for name, part in (("data", event.data), ("metadata", event.metadata)):
+        if not _depth_within(part, limits.max_depth):
+            raise InvalidEvent(
+                f"{where}: {name} nests deeper than max_depth={limits.max_depth}; flatten it"
+            )
+    try:
+        text = json.dumps(event.data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"{where}: data is not JSON ({exc})") from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(f"{where}: data is not valid UTF-8 text ({exc.reason})") from None
+    if size > limits.max_payload_bytes:
+        raise InvalidEvent(
+            f"{where}: data is {size} bytes, over max_payload_bytes={limits.max_payload_bytes}; "
+            "store large blobs elsewhere and append a reference"
+        )
+    if "\x00" in text:
+        raise InvalidEvent(f"{where}: data holds a NUL character, which JSONB cannot store")
+    return text
+
+
+class NewEvent(BaseModel):
+    """An event to append. Its ``event_id`` makes the append idempotent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_type: str = Field(min_length=1, max_length=200)
+    data: JSON = Field(default_factory=dict)
+    metadata: JSON = Field(default_factory=dict)
+    schema_version: int = Field(default=1, ge=1)
+    event_id: UUID = Field(default_factory=uuid4)
+
+
+class EventEnvelope(BaseModel):
+    """One stored event as read from the log, with its position.
+
+    Stores build envelopes from trusted rows with ``model_construct`` (no validation on the hot
+    path); everything else goes through normal validation.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: UUID
+    stream_id: str
+    stream_version: int
+    event_type: str
+    schema_version: int
+    data: JSON
+    metadata: JSON
+    recorded_at: datetime
+    position: Position
+
+
+class DomainEvent(BaseModel):
+    """Base for typed domain events. Subclasses set ``event_type`` and ``schema_version``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+    def to_new_event(self, **kwargs: Any) -> NewEvent:
+        """The event ready to append (``kwargs`` pass ``event_id`` or ``metadata``)."""
+        return NewEvent(
+            event_type=self.event_type,
+            schema_version=self.schema_version,
+            data=self.model_dump(mode="json"),
+            **kwargs,
+        )
+
+
+class RawEvent(BaseModel):
+    """An envelope whose type the registry does not know: kept as it is, never a crash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_type: str
+    data: JSON
+
+
+Upcaster = Callable[[JSON], JSON]
+
+
+class EventRegistry:
+    """Typed domain events by name, with upcasters from old schema versions to the current one.
+
+    ``decode`` never raises for an unknown type: it returns a :class:`RawEvent`. It raises
+    :class:`InvalidEvent` when a known type's data does not validate after upcasting.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[DomainEvent]] = {}
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, event_class: type[DomainEvent]) -> type[DomainEvent]:
+        """Register a domain event class (usable as a class decorator)."""
+        name = event_class.event_type
+        if name in self._types and self._types[name] is not event_class:
+            raise ConfigurationError(
+                "event_type", name, "already registered to another class; names must be unique"
+            )
+        self._types[name] = event_class
+        return event_class
+
+    def upcaster(self, event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Register ``fn(data) -> data`` turning ``from_version`` data into the next version."""
+
+        def decorate(fn: Upcaster) -> Upcaster:
+            key = (event_type, from_version)
+            if key in self._upcasters:
+                raise ConfigurationError(
+                    "upcaster", key, "one upcaster per (event_type, from_version)"
+                )
+            self._upcasters[key] = fn
+            return fn
+
+        return decorate
+
+    def known(self, event_type: str) -> type[DomainEvent] | None:
+        return self._types.get(event_type)
+
+    def upcast(self, event_type: str, schema_version: int, data: Mapping[str, Any]) -> JSON:
+        """Bring ``data`` from ``schema_version`` to the registered class's current version."""
+        cls = self._types.get(event_type)
+        current = cls.schema_version if cls else schema_version
+        out = dict(data)
+        version = schema_version
+        while version < current:
+            step = self._upcasters.get((event_type, version))
+            if step is None:
+                raise InvalidEvent(
+                    f"event type {event_type!r} has data at schema version {version} and no "
+                    f"upcaster from it to {version + 1}; register one with @registry.upcaster"
+                )
+            out = step(out)
+            version += 1
+        if version > current:
+            raise InvalidEvent(
+                f"event type {event_type!r} has schema version {version}, newer than this "
+                f"code's {current}: deploy the newer code before running projections on it"
+            )
+        return out
+
+    def decode(self, envelope: EventEnvelope) -> DomainEvent | RawEvent:
+        """The typed event for ``envelope``, or a :class:`RawEvent` for an unknown type."""
+        cls = self._types.get(envelope.event_type)
+        if cls is None:
+            return RawEvent(event_type=envelope.event_type, data=envelope.data)
+        data = self.upcast(envelope.event_type, envelope.schema_version, envelope.data)
+        try:
+            return cls.model_validate(data)
+        except ValueError as exc:
+            raise InvalidEvent(
+                f"event {envelope.event_id} ({envelope.event_type} v{envelope.schema_version}) "
+                f"of stream {envelope.stream_id!r} does not match its class: {exc}"
+            ) from None

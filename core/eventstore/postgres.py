@@ -1,0 +1,339 @@
+"""The Postgres event store (asyncpg).
+
+Ordering guarantee: every event carries ``transaction_id = pg_current_xact_id()`` of the
+transaction that wrote it. Readers only see rows with ``transaction_id <
+pg_snapshot_xmin(pg_current_snapshot())``: every transaction below that bound has ended, so
+no row can ever appear behind a position a reader has passed. Rows are read in
+``(transaction_id, global_position)`` order. The cost: one long-open writing transaction holds
+every reader back; :meth:`PostgresEventStore.fence_age` reports how long.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import asyncpg
+
+from core.errors import (
+    ConcurrencyError,
+    EventLogRestored,
+    InvalidEvent,
+)
+from core.events import EventEnvelope, EventLimits, NewEvent, check_payload
+from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, validate_stream_id
+from core.eventstore.postgres_schema import schema_ddl
+from core.naming import quote_ident, validate_name
+from core.pgerrors import translate_pg_error
+from core.position import Position
+from core.redact import redact_url
+
+__all__ = ("PostgresEventStore", "init_connection")
+
+_MIGRATION_LOCK = 0x70726F6A  # "proj": serialises concurrent migrations
+
+_COLUMNS = (
+    "event_id, stream_id, stream_version, event_type, schema_version, data, metadata, "
+    "recorded_at, transaction_id::text::bigint AS txid, global_position"
+)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decode json and jsonb as Python objects on every pooled connection."""
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+def _envelope(row: asyncpg.Record) -> EventEnvelope:
+    return EventEnvelope.model_construct(
+        event_id=row["event_id"],
+        stream_id=row["stream_id"],
+        stream_version=row["stream_version"],
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        data=row["data"],
+        metadata=row["metadata"],
+        recorded_at=row["recorded_at"],
+        position=Position(row["txid"], row["global_position"]),
+    )
+
+
+class _Sql:
+    """The store's statements for one schema, built once."""
+
+    def __init__(self, schema: str) -> None:
+        t = f"{quote_ident(schema)}.events"
+        fence = "transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+        after = "(transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
+        self.append = f"""
+WITH cur AS (SELECT coalesce(max(stream_version), 0) AS v FROM {t} WHERE stream_id = $1),
+ins AS (
+    INSERT INTO {t} (event_id, stream_id, stream_version, event_type, schema_version,
+                     data, metadata)
+    SELECT e.event_id, $1, cur.v + e.n, e.event_type, e.schema_version, e.data, e.metadata
+    FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
+         WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, n)
+    WHERE $7::bigint IS NULL OR cur.v = $7::bigint
+    ORDER BY e.n
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING stream_version
+)
+SELECT (SELECT v FROM cur) AS current, count(*) AS written, max(stream_version) AS last FROM ins
+"""
+        self.existing = (
+            f"SELECT event_id, stream_id, stream_version FROM {t} WHERE event_id = ANY($1)"
+        )
+        self.version = f"SELECT coalesce(max(stream_version), 0) FROM {t} WHERE stream_id = $1"
+        self.read = (
+            f"SELECT {_COLUMNS} FROM {t} WHERE {after} AND {fence} "
+            "ORDER BY transaction_id, global_position LIMIT $3"
+        )
+        self.read_stream = (
+            f"SELECT {_COLUMNS} FROM {t} WHERE stream_id = $1 AND stream_version >= $2 "
+            "AND stream_version <= $3 ORDER BY stream_version"
+        )
+        self.head = (
+            f"SELECT transaction_id::text::bigint AS txid, global_position FROM {t} WHERE {fence} "
+            "ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+        )
+        self.count = (
+            f"SELECT count(*) FROM {t} WHERE {after} AND (transaction_id, global_position) "
+            "<= ($3::text::xid8, $4::bigint)"
+        )
+        self.restored = (
+            f"SELECT max(transaction_id)::text::bigint AS top, "
+            "pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax FROM "
+            f"{t}"
+        )
+
+
+class _PgAppender(StreamAppender):
+    def __init__(self, store: PostgresEventStore, conn: asyncpg.Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
+    ) -> AppendResult:
+        return await self._store._append_on(self._conn, stream_id, events, expected_version)
+
+
+class PostgresEventStore(EventStore):
+    """The event log in Postgres. Create with :meth:`connect`; call :meth:`close` when done."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        schema: str = "projectionist",
+        limits: EventLimits | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.limits = limits or EventLimits()
+        self.poll_interval = poll_interval
+        self._dsn = dsn
+        self._sql = _Sql(schema)
+        self._listener: asyncpg.Connection | None = None
+        self._signal = anyio.Event()
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        schema: str = "projectionist",
+        limits: EventLimits | None = None,
+        pool_size: int = 10,
+        migrate: bool = True,
+        poll_interval: float = 1.0,
+    ) -> PostgresEventStore:
+        """Open a pool, create or migrate the schema, and check the log was not restored."""
+        validate_name("event_store.schema", schema)
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, init=init_connection
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise translate_pg_error(
+                exc, f"connecting to the event store at {redact_url(dsn)}"
+            ) from None
+        store = cls(pool, dsn, schema, limits, poll_interval)
+        try:
+            if migrate:
+                await store.migrate()
+            await store.check_not_restored()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def migrate(self) -> None:
+        """Create the schema objects if missing; safe to run concurrently and repeatedly."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(schema_ddl(self.schema))
+
+    async def check_not_restored(self) -> None:
+        """Refuse to run on a log whose transaction ids come from another cluster."""
+        row = await self.pool.fetchrow(self._sql.restored)
+        if row is not None and row["top"] is not None and row["top"] >= row["xmax"]:
+            raise EventLogRestored(
+                f"{self.schema}.events holds transaction id {row['top']}, at or above this "
+                f"server's next transaction id {row['xmax']}: the log was restored into another "
+                "cluster (pg_dump/pg_restore), so readers would see none of its history. Remedy: "
+                "with the server stopped, raise its next transaction id above the log's with "
+                "`pg_resetwal -x`, or restore physically (pg_basebackup); see docs/event-log.md."
+            )
+
+    async def _append_on(
+        self,
+        conn: asyncpg.Connection,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+    ) -> AppendResult:
+        validate_stream_id(stream_id, self.limits.max_stream_id_length)
+        if not events:
+            raise InvalidEvent(f"stream {stream_id!r}: nothing to append")
+        datas = [check_payload(stream_id, e, self.limits) for e in events]
+        metas = [json.dumps(e.metadata, ensure_ascii=False) for e in events]
+        try:
+            row = await conn.fetchrow(
+                self._sql.append,
+                stream_id,
+                [e.event_id for e in events],
+                [e.event_type for e in events],
+                [e.schema_version for e in events],
+                datas,
+                metas,
+                expected_version,
+            )
+        except asyncpg.UniqueViolationError:
+            actual = await self._version(stream_id)
+            raise ConcurrencyError(stream_id, expected_version, actual) from None
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate and exc.sqlstate.startswith("22"):
+                raise InvalidEvent(f"stream {stream_id!r}: {exc}") from None
+            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+        assert row is not None
+        if row["written"] == len(events):
+            return AppendResult(stream_id, row["last"], len(events))
+        return await self._resolve_unwritten(conn, stream_id, events, expected_version, row)
+
+    async def _resolve_unwritten(
+        self,
+        conn: asyncpg.Connection,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        row: asyncpg.Record,
+    ) -> AppendResult:
+        """Nothing (or not all) was written: an idempotent re-append, or a conflict."""
+        found = await conn.fetch(self._sql.existing, [e.event_id for e in events])
+        if len(found) == len(events) and all(r["stream_id"] == stream_id for r in found):
+            return AppendResult(stream_id, max(r["stream_version"] for r in found), 0)
+        if found:
+            raise InvalidEvent(
+                f"stream {stream_id!r}: {len(found)} of these {len(events)} event ids were "
+                "already appended (to this or another stream); an event id may be appended "
+                "once, with the same batch"
+            )
+        raise ConcurrencyError(stream_id, expected_version, row["current"])
+
+    async def _version(self, stream_id: str) -> int:
+        value = await self.pool.fetchval(self._sql.version, stream_id)
+        return int(value)
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
+    ) -> AppendResult:
+        async with self.transaction() as tx:
+            return await tx.append(stream_id, events, expected_version)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StreamAppender]:
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    yield _PgAppender(self, conn)
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+                raise translate_pg_error(exc, "committing an append", in_commit=True) from None
+
+    async def _fetch(self, what: str, query: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return list(await self.pool.fetch(query, *args))
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            raise translate_pg_error(exc, what) from None
+
+    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
+        rows = await self._fetch(
+            "reading the event log", self._sql.read, str(after[0]), after[1], limit
+        )
+        return [_envelope(r) for r in rows]
+
+    async def read_stream(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None
+    ) -> list[EventEnvelope]:
+        top = to_version if to_version is not None else (1 << 62)
+        rows = await self._fetch(
+            f"reading stream {stream_id!r}", self._sql.read_stream, stream_id, from_version, top
+        )
+        return [_envelope(r) for r in rows]
+
+    async def head(self) -> Position | None:
+        rows = await self._fetch("reading the log head", self._sql.head)
+        return Position(rows[0]["txid"], rows[0]["global_position"]) if rows else None
+
+    async def count_between(self, after: Position, upto: Position) -> int:
+        if upto <= after:
+            return 0
+        rows = await self._fetch(
+            "counting lag", self._sql.count, str(after[0]), after[1], str(upto[0]), upto[1]
+        )
+        return int(rows[0][0])
+
+    async def fence_age(self) -> float:
+        """Age in seconds of the oldest open transaction with an assigned id, cluster-wide.
+
+        Needs ``pg_read_all_stats`` (or superuser) to see other roles' sessions.
+        """
+        rows = await self._fetch(
+            "reading the fence age",
+            "SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0) "
+            "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        return float(rows[0][0])
+
+    def _notified(self, *_: object) -> None:
+        self._signal.set()
+        self._signal = anyio.Event()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await asyncpg.connect(self._dsn)
+            await self._listener.add_listener(f"{self.schema}_events", self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._listener = None  # fall back to polling until the next call retries
+
+    async def wait_for_new(self, timeout: float) -> None:
+        """Return on a NOTIFY from a committed append, or after ``min(timeout, poll)``."""
+        await self._ensure_listener()
+        signal = self._signal
+        with anyio.move_on_after(min(timeout, self.poll_interval)):
+            await signal.wait()
+
+    async def close(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+        await self.pool.close()

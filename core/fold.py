@@ -1,0 +1,192 @@
+"""The pure part of a lane: folding events into pending documents or rows.
+
+A :class:`Pending` holds what a lane has folded since its last flush: the documents it touched
+(with their stream versions), row operations, parked events, and the position it reached.
+:func:`plan_gaps` finds, before anything is applied, which stream versions are missing
+(per-stream inversions in fence order); the lane reads those from the store, then
+:func:`apply_event` applies events one by one with the per-stream guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.deadletters import DeadLetter
+from core.errors import HandlerFailed, InvalidEvent, PermanentError
+from core.events import EventEnvelope, RawEvent
+from core.operations import DeleteDocument, Operation, PutDocument
+from core.position import Position
+from core.projection import (
+    DELETE,
+    IGNORED,
+    Context,
+    DocumentProjection,
+    LookupKey,
+    Projection,
+    RowProjection,
+)
+
+__all__ = ("DocState", "EventFailed", "Pending", "apply_event", "plan_gaps")
+
+
+@dataclass(slots=True)
+class DocState:
+    """A document as the lane knows it: stored or folded since."""
+
+    version: int
+    document: dict[str, Any] | None
+    dirty: bool = False
+
+
+@dataclass
+class Pending:
+    """What a lane has folded since its last flush."""
+
+    position: Position
+    events: int = 0
+    docs: dict[str, DocState] = field(default_factory=dict)
+    rows: dict[tuple[str, tuple[Any, ...]], Operation] = field(default_factory=dict)
+    parked: list[DeadLetter] = field(default_factory=list)
+    started: float | None = None
+    duplicates: int = 0
+    ignored: int = 0
+    gaps_repaired: int = 0
+
+    def operations(self) -> tuple[Operation, ...]:
+        ops: list[Operation] = []
+        for key, state in self.docs.items():
+            if not state.dirty:
+                continue
+            if state.document is None:
+                ops.append(DeleteDocument(key, state.version))
+            else:
+                ops.append(PutDocument(key, state.version, state.document))
+        ops.extend(self.rows.values())
+        return tuple(ops)
+
+    def flushed(self, keep_documents: int) -> Pending:
+        """The pending state right after a successful flush: a clean cache of what is stored."""
+        docs: dict[str, DocState] = {}
+        if len(self.docs) <= keep_documents:
+            docs = {k: DocState(s.version, s.document) for k, s in self.docs.items()}
+        return Pending(position=self.position, docs=docs)
+
+
+class EventFailed(Exception):
+    """One event could not be applied for good; carries the envelope and the cause."""
+
+    def __init__(self, envelope: EventEnvelope, cause: PermanentError) -> None:
+        super().__init__(str(cause))
+        self.envelope = envelope
+        self.cause = cause
+
+
+def plan_gaps(
+    projection: DocumentProjection, events: Iterable[EventEnvelope], pending: Pending
+) -> list[tuple[str, int, int]]:
+    """``(stream_id, from_version, to_version)`` ranges missing before events of this chunk.
+
+    Needs every key of the chunk present in ``pending.docs`` (loaded or new with version 0).
+    """
+    versions: dict[str, int] = {}
+    gaps: list[tuple[str, int, int]] = []
+    for envelope in events:
+        if not projection.accepts(envelope):
+            continue
+        key = projection.key(envelope)
+        current = versions.get(key, pending.docs[key].version)
+        if envelope.stream_version > current + 1:
+            gaps.append((envelope.stream_id, current + 1, envelope.stream_version - 1))
+        versions[key] = max(current, envelope.stream_version)
+    return gaps
+
+
+def lookups_needed(projection: Projection, decoded: Iterable[Any]) -> set[LookupKey]:
+    needed: set[LookupKey] = set()
+    for event in decoded:
+        if not isinstance(event, RawEvent):
+            needed.update(projection.lookups(event))
+    return needed
+
+
+def _call_handler(
+    projection: Projection, envelope: EventEnvelope, args: tuple[Any, ...], rows: bool = False
+) -> Any:
+    handler = projection.handler_for(envelope.event_type)
+    if handler is None:
+        return IGNORED
+    try:
+        result = handler(*args)
+        return list(result) if rows and result is not IGNORED else result
+    except PermanentError as exc:
+        raise EventFailed(envelope, exc) from exc
+    except Exception as exc:  # a handler bug is the event's failure, not the runner's
+        failure = HandlerFailed(
+            f"{type(projection).__name__} failed on event {envelope.event_id} "
+            f"({envelope.event_type}, stream {envelope.stream_id!r} v{envelope.stream_version}, "
+            f"position {envelope.position}): {type(exc).__name__}: {exc}"
+        )
+        raise EventFailed(envelope, failure) from exc
+
+
+def decode_or_fail(projection: Projection, envelope: EventEnvelope) -> Any:
+    try:
+        return projection.decode(envelope)
+    except InvalidEvent as exc:
+        raise EventFailed(envelope, exc) from exc
+
+
+def apply_event(
+    projection: Projection,
+    envelope: EventEnvelope,
+    decoded: Any,
+    lookups: dict[LookupKey, Any],
+    pending: Pending,
+) -> str:
+    """Apply one event to ``pending``; returns the outcome name.
+
+    Outcomes: ``applied``, ``ignored``, ``duplicate``. Raises :class:`EventFailed` for a
+    permanent failure, leaving ``pending`` as it was before the event.
+    """
+    ctx = Context(envelope, lookups)
+    if isinstance(projection, DocumentProjection):
+        key = projection.key(envelope)
+        state = pending.docs[key]
+        if envelope.stream_version <= state.version:
+            pending.duplicates += 1
+            return "duplicate"
+        if isinstance(decoded, EventFailed):
+            raise decoded
+        result = _call_handler(projection, envelope, (state.document, decoded, ctx))
+        if result is IGNORED:
+            pending.ignored += 1
+            if state.document is not None:
+                pending.docs[key] = DocState(envelope.stream_version, state.document, True)
+            else:
+                pending.docs[key] = DocState(envelope.stream_version, None, state.dirty)
+            return "ignored"
+        if result is DELETE:
+            pending.docs[key] = DocState(envelope.stream_version, None, True)
+            return "applied"
+        if not isinstance(result, dict):
+            raise EventFailed(
+                envelope,
+                HandlerFailed(
+                    f"{type(projection).__name__} handler for {envelope.event_type} returned "
+                    f"{type(result).__name__}; return a dict, DELETE or IGNORED"
+                ),
+            )
+        pending.docs[key] = DocState(envelope.stream_version, result, True)
+        return "applied"
+    assert isinstance(projection, RowProjection)
+    if isinstance(decoded, EventFailed):
+        raise decoded
+    result = _call_handler(projection, envelope, (decoded, ctx), rows=True)
+    if result is IGNORED:
+        pending.ignored += 1
+        return "ignored"
+    for op in result:
+        pending.rows[(op.table, op.key)] = op
+    return "applied"

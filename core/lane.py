@@ -1,0 +1,396 @@
+"""A lane: one projection writing to one sink, with its own checkpoint, strategy, error
+policy and failure domain. The lane does the I/O around the pure fold in :mod:`core.fold`."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from time import monotonic
+from typing import Any, Protocol
+
+import anyio
+
+from core.deadletters import DeadLetter, DeadLetterStore, InMemoryDeadLetters
+from core.errors import (
+    AmbiguousCommit,
+    CheckpointConflict,
+    LookupUnavailable,
+    ProjectionistError,
+    TransientError,
+)
+from core.events import EventEnvelope
+from core.eventstore.base import EventStore
+from core.fold import (
+    DocState,
+    EventFailed,
+    Pending,
+    apply_event,
+    decode_or_fail,
+    lookups_needed,
+    plan_gaps,
+)
+from core.lookups import LookupProvider, NoLookups
+from core.operations import Batch
+from core.position import START, Position
+from core.projection import DocumentProjection, LookupKey, Projection
+from core.retry import Backoff, LogThrottle
+from core.sink import Sink, Target
+from core.strategy import ErrorPolicy, LaneState, Strategy
+
+__all__ = ("EventSource", "Lane", "LaneStats")
+
+log = logging.getLogger("projectionist.lane")
+
+
+class EventSource(Protocol):
+    async def read(self, after: Position, limit: int) -> list[EventEnvelope]: ...
+    async def wait_for_new(self, timeout: float) -> None: ...
+
+
+@dataclass
+class LaneStats:
+    """Counters a lane keeps for ``status`` and metrics."""
+
+    events: int = 0
+    batches: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    gaps_repaired: int = 0
+    parked: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_flush_at: float | None = None
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+class Lane:
+    """Moves one projection forward in one sink. Run it with :meth:`run` in a task group."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        sink: Sink,
+        store: EventStore,
+        *,
+        source: EventSource | None = None,
+        strategy: Strategy | None = None,
+        policy: ErrorPolicy = ErrorPolicy.HALT,
+        lookups: LookupProvider | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        options: dict[str, Any] | None = None,
+        generation: int = 1,
+        backoff: Backoff | None = None,
+        document_cache: int = 20_000,
+        idle_poll: float = 5.0,
+    ) -> None:
+        self.projection = projection
+        self.sink = sink
+        self.store = store
+        self.source: EventSource = source or store
+        self.strategy = strategy or Strategy.immediate()
+        self.policy = policy
+        self.lookups = lookups or NoLookups()
+        self.dead_letters = dead_letters or InMemoryDeadLetters()
+        self.name = f"{projection.name}@{sink.name}"
+        schema = getattr(projection, "schema", None)
+        self.target = Target(
+            lane=self.name,
+            projection=projection.name,
+            schema=schema,
+            generation=generation,
+            options=dict(options or {}),
+        )
+        self.backoff = backoff or Backoff()
+        self.document_cache = document_cache
+        self.idle_poll = idle_poll
+        self.state = LaneState.STARTING
+        self.checkpoint: Position | None = None
+        self.halted_at: Position | None = None
+        self.stats = LaneStats()
+        self._blocked: dict[str, Any] = {}
+        self._flushed = anyio.Event()
+        self._flush_now = False
+        self._throttle = LogThrottle()
+        self.on_progress: Callable[[Lane], None] | None = None
+
+    # -- retries ---------------------------------------------------------------------------
+
+    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Await ``fn()`` until it succeeds; transient errors retry with backoff, forever."""
+        attempt = 0
+        while True:
+            try:
+                result = await fn()
+            except TransientError as exc:
+                attempt += 1
+                self.stats.retries += 1
+                self.stats.last_error = f"{what}: {exc}"
+                self.state = LaneState.RETRYING
+                if self._throttle.should_log():
+                    log.warning(
+                        "lane %s: %s failed (attempt %d, %d similar lines suppressed): %s",
+                        self.name,
+                        what,
+                        attempt,
+                        self._throttle.suppressed,
+                        exc,
+                    )
+                await anyio.sleep(self.backoff.delay(attempt))
+                continue
+            if attempt:
+                log.info("lane %s: %s recovered after %d retries", self.name, what, attempt)
+                self._throttle.reset()
+                self.state = LaneState.RUNNING
+            return result
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def start(self) -> Pending:
+        """Prepare the target and read the checkpoint and blocked keys."""
+        await self._retrying("preparing the target", lambda: self.sink.prepare(self.target))
+        self.checkpoint = await self._retrying(
+            "reading the checkpoint", lambda: self.sink.read_checkpoint(self.target)
+        )
+        blocked = await self._retrying(
+            "reading dead letters", lambda: self.dead_letters.find(self.name)
+        )
+        self._blocked = {d.stream_id: d.event_id for d in blocked}
+        self.stats.parked = len(blocked)
+        return Pending(position=self.checkpoint or START)
+
+    async def run(self, *, until_caught_up: bool = False) -> None:
+        """Run until cancelled (or, with ``until_caught_up``, until at the head and flushed).
+
+        Returns early, with state ``halted``, when a permanent error meets the halt policy.
+        """
+        pending = await self.start()
+        self.state = LaneState.RUNNING
+        while True:
+            limit = min(self.strategy.read_size, self.strategy.max_batch - pending.events) or 1
+            events = await self._retrying(
+                "reading the log", partial(self.source.read, pending.position, limit)
+            )
+            if events:
+                self.state = LaneState.RUNNING
+                if pending.started is None:
+                    pending.started = monotonic()
+                halted = await self._fold(events, pending)
+                if halted:
+                    await self._flush(pending)
+                    self.state = LaneState.HALTED
+                    return
+            at_head = len(events) < limit
+            if self._due(pending) or (until_caught_up and at_head and self._unflushed(pending)):
+                pending = await self._flush(pending)
+            if at_head and not self._unflushed(pending):
+                if until_caught_up:
+                    self.state = LaneState.IDLE
+                    return
+                self.state = LaneState.IDLE
+            if at_head:
+                await self.source.wait_for_new(self._wait_time(pending))
+
+    def _unflushed(self, pending: Pending) -> bool:
+        return pending.position != (self.checkpoint or START)
+
+    def _due(self, pending: Pending) -> bool:
+        if not self._unflushed(pending):
+            return False
+        if self._flush_now or pending.events >= self.strategy.max_batch:
+            return True
+        started = pending.started if pending.started is not None else monotonic()
+        return monotonic() - started >= self.strategy.max_delay
+
+    def _wait_time(self, pending: Pending) -> float:
+        if not self._unflushed(pending) or pending.started is None:
+            return self.idle_poll
+        left = self.strategy.max_delay - (monotonic() - pending.started)
+        return max(0.0, min(left, self.idle_poll))
+
+    def request_flush(self) -> None:
+        """Flush what is pending at the next turn of the loop (batch lanes' "flush now")."""
+        self._flush_now = True
+
+    # -- folding ---------------------------------------------------------------------------
+
+    async def _fold(self, events: list[EventEnvelope], pending: Pending) -> bool:
+        """Fold a chunk into ``pending``; True when the lane must halt after flushing."""
+        projection = self.projection
+        gap_events: dict[str, list[EventEnvelope]] = {}
+        relevant = [e for e in events if projection.accepts(e)]
+        if isinstance(projection, DocumentProjection):
+            await self._load(relevant, pending)
+            gaps = [
+                g for g in plan_gaps(projection, relevant, pending) if g[0] not in self._blocked
+            ]
+            for stream_id, low, high in gaps:
+                found = await self._retrying(
+                    f"reading stream {stream_id} to repair a gap",
+                    partial(self.store.read_stream, stream_id, low, high),
+                )
+                gap_events.setdefault(stream_id, []).extend(found)
+        to_decode = relevant + [e for found in gap_events.values() for e in found]
+        decoded: dict[Any, Any] = {}
+        for envelope in to_decode:
+            if projection.handler_for(envelope.event_type) is None:
+                continue
+            try:
+                decoded[envelope.event_id] = decode_or_fail(projection, envelope)
+            except EventFailed as failed:
+                decoded[envelope.event_id] = failed
+        lookups = await self._lookup(lookups_needed(projection, decoded.values()))
+        for envelope in events:
+            if projection.accepts(envelope):
+                waiting = gap_events.get(envelope.stream_id)
+                while waiting and waiting[0].stream_version < envelope.stream_version:
+                    gap = waiting.pop(0)
+                    pending.gaps_repaired += 1
+                    if self._apply(gap, decoded, lookups, pending):
+                        return True
+                if self._apply(envelope, decoded, lookups, pending):
+                    return True
+            pending.position = envelope.position
+            pending.events += 1
+        return False
+
+    def _apply(
+        self,
+        envelope: EventEnvelope,
+        decoded: dict[Any, Any],
+        lookups: dict[LookupKey, Any],
+        pending: Pending,
+    ) -> bool:
+        """Apply one event; True means halt (nothing of this event was applied)."""
+        key = envelope.stream_id
+        if key in self._blocked:
+            state = pending.docs.get(key)
+            if state is not None and envelope.stream_version <= state.version:
+                pending.duplicates += 1
+                return False
+            self._park(envelope, pending, f"held behind parked event {self._blocked[key]}")
+            return False
+        try:
+            apply_event(self.projection, envelope, decoded.get(envelope.event_id), lookups, pending)
+        except EventFailed as failed:
+            self.stats.last_error = str(failed.cause)
+            if self.policy is ErrorPolicy.HALT:
+                self.halted_at = envelope.position
+                log.error("lane %s halted at %s: %s", self.name, envelope.position, failed.cause)
+                return True
+            self._park(envelope, pending, str(failed.cause))
+            self._blocked[key] = envelope.event_id
+        return False
+
+    def _park(self, envelope: EventEnvelope, pending: Pending, error: str) -> None:
+        blocked_by = self._blocked.get(envelope.stream_id)
+        pending.parked.append(DeadLetter.of(self.name, envelope, error, blocked_by))
+        self.stats.parked += 1
+        log.warning(
+            "lane %s parked event %s at %s: %s",
+            self.name,
+            envelope.event_id,
+            envelope.position,
+            error,
+        )
+
+    async def _load(self, relevant: list[EventEnvelope], pending: Pending) -> None:
+        assert isinstance(self.projection, DocumentProjection)
+        keys = {self.projection.key(e) for e in relevant} - pending.docs.keys()
+        if not keys:
+            return
+        stored = await self._retrying(
+            "loading documents", lambda: self.sink.load(self.target, sorted(keys))
+        )
+        for key in keys:
+            found = stored.get(key)
+            pending.docs[key] = (
+                DocState(found.version, found.document) if found else DocState(0, None)
+            )
+
+    async def _lookup(self, needed: set[LookupKey]) -> dict[LookupKey, Any]:
+        if not needed:
+            return {}
+        by_source: dict[str, set[str]] = defaultdict(set)
+        for source, entity_id in needed:
+            by_source[source].add(entity_id)
+        out: dict[LookupKey, Any] = {}
+        for source, ids in by_source.items():
+
+            async def fetch(s: str = source, i: set[str] = ids) -> Any:
+                try:
+                    return await self.lookups.fetch(s, i)
+                except ProjectionistError:
+                    raise
+                except Exception as exc:
+                    raise LookupUnavailable(f"lookup {s}: {type(exc).__name__}: {exc}") from exc
+
+            found = await self._retrying(f"looking up {source}", fetch)
+            out.update({(source, k): v for k, v in found.items()})
+        return out
+
+    # -- flushing --------------------------------------------------------------------------
+
+    async def _flush(self, pending: Pending) -> Pending:
+        """Write the pending operations with the new checkpoint; shielded from cancellation."""
+        batch = Batch(
+            lane=self.name,
+            operations=pending.operations(),
+            expected_checkpoint=self.checkpoint,
+            checkpoint=pending.position,
+            events=pending.events,
+        )
+        started = monotonic()
+        with anyio.CancelScope(shield=True):
+            if pending.parked:
+                letters = list(pending.parked)
+                await self._retrying("parking events", lambda: self.dead_letters.park(letters))
+            await self._retrying("writing a batch", lambda: self._write(batch))
+        self.checkpoint = batch.checkpoint
+        self._flush_now = False
+        self._record(pending, monotonic() - started)
+        return pending.flushed(self.document_cache)
+
+    async def _write(self, batch: Batch) -> None:
+        try:
+            await self.sink.write(self.target, batch)
+        except AmbiguousCommit:
+            found = await self.sink.read_checkpoint(self.target)
+            if found == batch.checkpoint:
+                return  # it landed
+            if found != batch.expected_checkpoint:
+                raise CheckpointConflict(self.name, batch.expected_checkpoint, found) from None
+            raise  # it did not land: retry the same batch
+
+    def _record(self, pending: Pending, seconds: float) -> None:
+        stats = self.stats
+        stats.events += pending.events
+        stats.batches += 1
+        stats.duplicates += pending.duplicates
+        stats.ignored += pending.ignored
+        stats.gaps_repaired += pending.gaps_repaired
+        stats.last_flush_at = monotonic()
+        stats.batch_seconds = [*stats.batch_seconds[-99:], seconds]
+        self._flushed.set()
+        self._flushed = anyio.Event()
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    async def wait_for(self, position: Position, timeout: float) -> bool:
+        """Read-your-writes: True once the durable checkpoint is at or past ``position``."""
+        with anyio.move_on_after(timeout):
+            while self.checkpoint is None or self.checkpoint < position:
+                await self._flushed.wait()
+            return True
+        return False
+
+    async def reset(self) -> None:
+        """Clear the read model, checkpoint and dead letters: a rebuild starts from nothing."""
+        self.state = LaneState.REBUILDING
+        await self._retrying("resetting the target", lambda: self.sink.reset(self.target))
+        await self._retrying("clearing dead letters", lambda: self.dead_letters.clear(self.name))
+        self.checkpoint = None
+        self._blocked = {}
+        self.stats = LaneStats()

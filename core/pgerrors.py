@@ -1,0 +1,51 @@
+"""Translate asyncpg exceptions into the core error tree (shared by the event store and the
+Postgres sink, so both classify the same failure the same way)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from core.errors import (
+    AmbiguousCommit,
+    PermanentError,
+    ProjectionistError,
+    StoreUnavailable,
+)
+from core.redact import redact_text
+
+__all__ = ("TRANSIENT_SQLSTATE_CLASSES", "translate_pg_error")
+
+TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+"""Connection exception, transaction rollback (serialization, deadlock), insufficient
+resources, operator intervention (admin shutdown, cancel), system error."""
+
+_CONNECTION_ERRORS = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def translate_pg_error(
+    exc: BaseException, what: str, *, in_commit: bool = False
+) -> ProjectionistError:
+    """The core error for ``exc`` raised while doing ``what``.
+
+    A connection lost during COMMIT is an :class:`AmbiguousCommit`: the caller must find out
+    whether it landed. Other connection and resource failures are :class:`StoreUnavailable`;
+    anything else (constraint, data, syntax) is a :class:`PermanentError`.
+    """
+    text = redact_text(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state.startswith(TRANSIENT_SQLSTATE_CLASSES):
+            if in_commit and state.startswith(("08", "57")):
+                return AmbiguousCommit(text)
+            return StoreUnavailable(text)
+        return PermanentError(text)
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return AmbiguousCommit(text) if in_commit else StoreUnavailable(text)
+    return PermanentError(text)

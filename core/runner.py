@@ -1,0 +1,74 @@
+"""The runner: one anyio task group owns every lane; a slow, failing or halted lane never
+holds back another. Lanes at the head share one reader of the live tail."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import anyio
+
+from core.errors import ConfigurationError, PermanentError
+from core.eventstore.base import EventStore
+from core.lane import Lane
+from core.position import Position
+from core.source import SharedTail
+from core.strategy import LaneState
+
+__all__ = ("Runner",)
+
+log = logging.getLogger("projectionist.runner")
+
+
+class Runner:
+    """Runs lanes concurrently. ``run`` returns when every lane has returned.
+
+    A lane that raises a permanent error (a checkpoint conflict, a bad configuration) stops
+    with state ``halted`` and its error recorded; the others go on.
+    """
+
+    def __init__(self, store: EventStore, lanes: Iterable[Lane], *, share_tail: bool = True):
+        self.store = store
+        self.lanes: dict[str, Lane] = {}
+        self.tail = SharedTail(store) if share_tail else None
+        for lane in lanes:
+            if lane.name in self.lanes:
+                raise ConfigurationError("lane", lane.name, "each lane may be configured once")
+            if self.tail is not None:
+                lane.source = self.tail
+            self.lanes[lane.name] = lane
+
+    def lane(self, name: str) -> Lane:
+        try:
+            return self.lanes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.lanes)) or "none"
+            raise ConfigurationError("lane", name, f"known lanes: {known}") from None
+
+    async def _run_lane(self, lane: Lane, until_caught_up: bool) -> None:
+        try:
+            await lane.run(until_caught_up=until_caught_up)
+        except PermanentError as exc:
+            lane.state = LaneState.HALTED
+            lane.stats.last_error = str(exc)
+            log.error("lane %s stopped: %s", lane.name, exc)
+
+    async def run(self, *, until_caught_up: bool = False) -> None:
+        """Run every lane; with ``until_caught_up`` return once each is at the head."""
+        async with anyio.create_task_group() as group:
+            for lane in self.lanes.values():
+                group.start_soon(self._run_lane, lane, until_caught_up, name=f"lane {lane.name}")
+
+    async def rebuild(self, name: str) -> None:
+        """Reset one lane and replay the whole log into it (the lane must not be running)."""
+        lane = self.lane(name)
+        await lane.reset()
+        lane.state = LaneState.REBUILDING
+        await self._run_lane(lane, until_caught_up=True)
+
+    async def wait_for(self, name: str, position: Position, timeout: float = 10.0) -> bool:
+        """Read-your-writes: True once lane ``name`` has durably passed ``position``."""
+        return await self.lane(name).wait_for(position, timeout)
+
+    def halted(self) -> list[Lane]:
+        return [lane for lane in self.lanes.values() if lane.state is LaneState.HALTED]

@@ -1,0 +1,59 @@
+"""Update strategies and error policies of a lane, as frozen settings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ("ErrorPolicy", "LaneState", "Strategy")
+
+
+class ErrorPolicy(StrEnum):
+    """What a lane does with a permanent error on one event."""
+
+    HALT = "halt"
+    """Stop this lane exactly before the event; other lanes go on."""
+    PARK = "park"
+    """Record a dead letter, hold the key's later events behind it, and go on."""
+
+
+class LaneState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    IDLE = "idle"
+    RETRYING = "retrying"
+    HALTED = "halted"
+    REBUILDING = "rebuilding"
+    STOPPED = "stopped"
+
+
+class Strategy(BaseModel):
+    """When a lane flushes what it has folded.
+
+    * ``immediate``: after every read that returned events (``max_delay = 0``).
+    * ``near_real_time``: when ``max_batch`` events are pending or the oldest is
+      ``max_delay`` seconds old.
+    * ``batch``: every ``max_delay`` seconds (default hourly), early when ``max_batch`` events
+      are pending (the memory bound), or when asked (``projectionist flush``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["immediate", "near_real_time", "batch"] = "immediate"
+    max_batch: int = Field(default=1_000, ge=1, le=1_000_000)
+    max_delay: float = Field(default=0.0, ge=0.0, le=7 * 24 * 3600)
+    read_size: int = Field(default=1_000, ge=1, le=100_000)
+
+    @classmethod
+    def immediate(cls, max_batch: int = 1_000) -> Strategy:
+        return cls(kind="immediate", max_batch=max_batch, max_delay=0.0, read_size=max_batch)
+
+    @classmethod
+    def near_real_time(cls, max_delay: float = 0.5, max_batch: int = 5_000) -> Strategy:
+        return cls(kind="near_real_time", max_batch=max_batch, max_delay=max_delay)
+
+    @classmethod
+    def batch(cls, interval: float = 3600.0, max_batch: int = 200_000) -> Strategy:
+        return cls(kind="batch", max_batch=max_batch, max_delay=interval, read_size=5_000)

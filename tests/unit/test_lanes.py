@@ -1,0 +1,214 @@
+"""The core's lane logic against the in-memory store and sinks."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from core.events import NewEvent
+from core.eventstore import InMemoryEventStore
+from core.lane import Lane
+from core.lookups import StaticLookups
+from core.position import START
+from core.runner import Runner
+from core.strategy import ErrorPolicy, LaneState, Strategy
+from core.testing import FlakySink, InMemorySink
+from tests.support.tally import OWNERS, TallyProjection, oracle
+
+pytestmark = pytest.mark.anyio
+
+
+def opened(owner: str = "o1") -> NewEvent:
+    return NewEvent(event_type="Opened", data={"owner": owner})
+
+
+def added(n: int) -> NewEvent:
+    return NewEvent(event_type="Added", schema_version=2, data={"amount": n})
+
+
+async def fill(store: InMemoryEventStore, streams: int = 20, adds: int = 5) -> None:
+    for s in range(streams):
+        await store.append(f"tally-{s}", [opened(f"o{s % 10}")])
+    for round_ in range(adds):
+        for s in range(streams):
+            await store.append(f"tally-{s}", [added(round_ + s)])
+    await store.append("other-1", [NewEvent(event_type="Unrelated")])
+
+
+def lane(store: InMemoryEventStore, sink: object, **kw: object) -> Lane:
+    return Lane(TallyProjection(), sink, store, lookups=StaticLookups(OWNERS), **kw)  # type: ignore[arg-type]
+
+
+async def everything(store: InMemoryEventStore) -> list[object]:
+    return [e async for e in store.iterate(START)]
+
+
+async def test_catch_up_equals_independent_fold() -> None:
+    store = InMemoryEventStore()
+    await fill(store)
+    await store.append("tally-3", [NewEvent(event_type="Closed")])
+    sink = InMemorySink()
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=7))
+    await ln.run(until_caught_up=True)
+    assert sink.state(ln.target).live_documents() == oracle(await everything(store))
+    assert ln.checkpoint == await store.head()
+    assert ln.stats.batches > 5
+
+
+async def test_upcaster_applies_old_schema_versions() -> None:
+    store = InMemoryEventStore()
+    await store.append("tally-1", [opened(), NewEvent(event_type="Added", data={"n": 4})])
+    sink = InMemorySink()
+    ln = lane(store, sink)
+    await ln.run(until_caught_up=True)
+    assert sink.state(ln.target).live_documents()["tally-1"]["total"] == 4
+
+
+async def test_halted_lane_does_not_hold_back_others() -> None:
+    store = InMemoryEventStore()
+    await fill(store, streams=5, adds=2)
+    await store.append("tally-2", [NewEvent(event_type="Poison")])
+    await store.append("tally-2", [added(100)])
+    halting = lane(store, InMemorySink("halting"), policy=ErrorPolicy.HALT)
+    others = [lane(store, InMemorySink(f"ok{i}"), policy=ErrorPolicy.PARK) for i in range(3)]
+    runner = Runner(store, [halting, *others])
+    with anyio.fail_after(10):
+        await runner.run(until_caught_up=True)
+    assert halting.state is LaneState.HALTED
+    poison = [e for e in await everything(store) if e.event_type == "Poison"][0]
+    assert halting.halted_at == poison.position
+    assert halting.checkpoint is not None and halting.checkpoint < poison.position
+    assert "poisoned on purpose" in (halting.stats.last_error or "")
+    head = await store.head()
+    for other in others:
+        assert other.state is LaneState.IDLE
+        assert other.checkpoint == head
+
+
+async def test_parked_event_holds_its_keys_followers() -> None:
+    store = InMemoryEventStore()
+    await fill(store, streams=3, adds=1)
+    await store.append("tally-1", [NewEvent(event_type="Poison")])
+    await store.append("tally-1", [added(50)])
+    await store.append("tally-2", [added(7)])
+    sink = InMemorySink()
+    ln = lane(store, sink, policy=ErrorPolicy.PARK)
+    await ln.run(until_caught_up=True)
+    parked = await ln.dead_letters.find(ln.name)
+    assert [d.event_type for d in parked] == ["Poison", "Added"]
+    assert parked[1].blocked_by == parked[0].event_id
+    docs = sink.state(ln.target).live_documents()
+    assert docs["tally-1"]["count"] == 1  # the Added(50) behind the poison is not applied
+    assert docs["tally-2"]["count"] == 2
+    assert ln.checkpoint == await store.head()
+
+
+async def test_transient_failures_retry_to_success_without_doubling() -> None:
+    store = InMemoryEventStore()
+    await fill(store)
+    sink = FlakySink(fail_before=[1, 2], fail_after_data=[4], ambiguous=[6])
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=10))
+    ln.backoff = type(ln.backoff)(base=0.001, cap=0.01)
+    await ln.run(until_caught_up=True)
+    assert sink.state(ln.target).live_documents() == oracle(await everything(store))
+    assert ln.stats.retries == 3  # the ambiguous commit had landed: no retry
+
+
+async def test_replayed_batches_change_nothing() -> None:
+    store = InMemoryEventStore()
+    await fill(store)
+    sink = InMemorySink()
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=9))
+    await ln.run(until_caught_up=True)
+    once = sink.state(ln.target).live_documents()
+    # A crash that lost every checkpoint: the same sink sees the whole log again.
+    sink.state(ln.target).checkpoint = None
+    again = lane(store, sink, strategy=Strategy.immediate(max_batch=13))
+    await again.run(until_caught_up=True)
+    assert sink.state(ln.target).live_documents() == once
+    assert again.stats.duplicates == len(
+        [e for e in await everything(store) if e.stream_id.startswith("tally-")]
+    )
+
+
+async def test_inverted_stream_order_is_repaired_from_the_store() -> None:
+    store = InMemoryEventStore()
+    # B takes its transaction id first (writing another stream), then appends tally-1 v2
+    # after A committed tally-1 v1: in fence order, v2 comes before v1.
+    async with store.transaction() as b:
+        await b.append("other-x", [NewEvent(event_type="Unrelated")])
+        await store.append("tally-1", [opened()])
+        await b.append("tally-1", [added(5)], expected_version=1)
+    order = [(e.stream_id, e.stream_version) for e in await everything(store)]
+    assert order.index(("tally-1", 2)) < order.index(("tally-1", 1))
+    sink = InMemorySink()
+    ln = lane(store, sink)
+    await ln.run(until_caught_up=True)
+    assert sink.state(ln.target).live_documents() == oracle(await everything(store))
+    assert ln.stats.gaps_repaired == 1
+    assert ln.stats.duplicates == 1
+
+
+async def test_shutdown_mid_run_keeps_checkpoint_true() -> None:
+    store = InMemoryEventStore()
+    await fill(store, streams=50, adds=10)
+    sink = InMemorySink()
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=5))
+    with anyio.move_on_after(0):
+        await ln.run()
+    async with anyio.create_task_group() as group:
+        group.start_soon(ln.run)
+        await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    state = sink.state(ln.target)
+    cp = state.checkpoint
+    upto = [e async for e in store.iterate(START) if cp is not None and e.position <= cp]
+    assert state.live_documents() == oracle(upto)
+    resumed = lane(store, sink, strategy=Strategy.immediate(max_batch=50))
+    await resumed.run(until_caught_up=True)
+    assert state.live_documents() == oracle(await everything(store))
+
+
+async def test_wait_for_read_your_writes() -> None:
+    store = InMemoryEventStore()
+    sink = InMemorySink()
+    ln = lane(store, sink)
+    ln.idle_poll = 0.05
+    async with anyio.create_task_group() as group:
+        group.start_soon(ln.run)
+        await store.append("tally-9", [opened()])
+        head = await store.head()
+        assert head is not None
+        assert await ln.wait_for(head, timeout=5)
+        assert "tally-9" in sink.state(ln.target).live_documents()
+        group.cancel_scope.cancel()
+
+
+async def test_rebuild_equals_incremental() -> None:
+    store = InMemoryEventStore()
+    await fill(store)
+    sink = InMemorySink()
+    ln = lane(store, sink)
+    runner = Runner(store, [ln])
+    await runner.run(until_caught_up=True)
+    incremental = sink.state(ln.target).live_documents()
+    await runner.rebuild(ln.name)
+    assert sink.state(ln.target).live_documents() == incremental
+
+
+async def test_batch_strategy_flushes_on_request_only() -> None:
+    store = InMemoryEventStore()
+    await fill(store, streams=3, adds=1)
+    sink = InMemorySink()
+    ln = lane(store, sink, strategy=Strategy.batch(interval=3600))
+    ln.idle_poll = 0.02
+    async with anyio.create_task_group() as group:
+        group.start_soon(ln.run)
+        await anyio.sleep(0.2)
+        assert sink.state(ln.target).checkpoint is None
+        ln.request_flush()
+        with anyio.fail_after(5):
+            while sink.state(ln.target).checkpoint is None:
+                await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
+    assert sink.state(ln.target).live_documents() == oracle(await everything(store))
