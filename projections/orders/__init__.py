@@ -1,6 +1,6 @@
 """The reference orders domain: events, the shared fold, five read models, the catalog."""
 
-from projections.orders.catalog import CATALOG_DDL, PostgresCatalog
+from projections.orders.catalog import CATALOG_DDL, PostgresCatalog, catalog_lookups
 from projections.orders.events import (
     OrderCancelled,
     OrderCompleted,
@@ -32,6 +32,7 @@ __all__ = (
     "OrderSearch",
     "OrderSummary",
     "PostgresCatalog",
+    "catalog_lookups",
     "money",
     "registry",
 )

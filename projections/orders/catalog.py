@@ -50,3 +50,13 @@ class PostgresCatalog(LookupProvider):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LookupUnavailable(redact_text(f"{source} lookup: {exc}")) from None
         return {r["id"]: {k: v for k, v in dict(r).items() if k != "id"} for r in rows}
+
+
+async def catalog_lookups(pool: asyncpg.Pool, settings: object) -> PostgresCatalog:
+    """The lookups factory named in the default settings (``projections.orders:catalog_lookups``).
+
+    Creates the catalog tables if missing, in the ``catalog`` schema of the event store's
+    database.
+    """
+    await pool.execute(CATALOG_DDL("catalog"))
+    return PostgresCatalog(pool, "catalog")

@@ -1,0 +1,106 @@
+"""Builds the running system from :class:`~core.settings.Settings`: the event store, the
+sinks (by factory import path), the lookups, the lanes and the runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+from core.deadletters_pg import PostgresDeadLetters
+from core.errors import ConfigurationError
+from core.eventstore.postgres import PostgresEventStore
+from core.lane import Lane
+from core.lookups import LookupProvider, NoLookups
+from core.projection import Projection
+from core.runner import Runner
+from core.settings import LaneSettings, Settings, import_object
+from core.sink import Sink
+
+__all__ = ("App", "lane_name_of")
+
+
+def lane_name_of(lane: LaneSettings) -> str:
+    """``<projection name>@<sink name>`` for a configured lane (imports the projection)."""
+    projection = import_object(lane.projection, "lanes.projection")
+    return f"{projection.name}@{lane.sink}"
+
+
+class App:
+    """An async context manager holding every open resource; closes them all on exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._stack = AsyncExitStack()
+        self.store: PostgresEventStore
+        self.sinks: dict[str, Sink] = {}
+        self.lanes: list[Lane] = []
+        self.runner: Runner
+        self.lookups: LookupProvider = NoLookups()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _open(self) -> None:
+        s = self.settings
+        self.store = await PostgresEventStore.connect(
+            s.postgres_dsn.get_secret_value(),
+            schema=s.event_store_schema,
+            poll_interval=s.poll_interval,
+        )
+        self._stack.push_async_callback(self.store.close)
+        self.dead_letters = PostgresDeadLetters(self.store.pool, s.event_store_schema)
+        if s.lookups:
+            factory = import_object(s.lookups, "lookups")
+            self.lookups = await factory(self.store.pool, s)
+        enabled = [lane for lane in s.lanes if lane.enabled]
+        for lane in enabled:
+            if lane.sink not in s.sinks:
+                known = ", ".join(sorted(s.sinks))
+                raise ConfigurationError("lanes.sink", lane.sink, f"configured sinks: {known}")
+        for name in sorted({lane.sink for lane in enabled}):
+            self.sinks[name] = await self._open_sink(name)
+        for lane in enabled:
+            self.lanes.append(self._lane(lane))
+        self.runner = Runner(self.store, self.lanes)
+
+    async def _open_sink(self, name: str) -> Sink:
+        config = self.settings.sinks[name]
+        factory = import_object(config.factory, f"sinks.{name}.factory")
+        sink: Sink = factory(name, self.settings, dict(config.options))
+        await self._stack.enter_async_context(sink)
+        return sink
+
+    def _lane(self, config: LaneSettings) -> Lane:
+        cls = import_object(config.projection, "lanes.projection")
+        if not (isinstance(cls, type) and issubclass(cls, Projection)):
+            raise ConfigurationError(
+                "lanes.projection", config.projection, "name a Projection subclass"
+            )
+        projection: Any = cls()
+        return Lane(
+            projection,
+            self.sinks[config.sink],
+            self.store,
+            strategy=config.strategy,
+            policy=config.policy,
+            lookups=self.lookups,
+            dead_letters=self.dead_letters,
+            options=config.options,
+        )

@@ -1,0 +1,296 @@
+"""The ``projectionist`` command line (typer + rich).
+
+Exit codes: 0 success; 1 a lane halted or the work failed; 2 bad configuration or usage (one
+line on stderr naming the field, the value and the fix; never a secret).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import anyio
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core.app import App
+from core.errors import ConfigurationError, ProjectionistError
+from core.logs import configure_logging
+from core.position import START
+from core.redact import redact_text
+from core.settings import Settings, load_settings
+from core.status import StatusReport, collect_status, publish_status
+
+__all__ = ("app",)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+dead_letters_app = typer.Typer(no_args_is_help=True, help="Inspect, retry or skip parked events.")
+app.add_typer(dead_letters_app, name="dead-letters")
+console = Console()
+err = Console(stderr=True)
+log = logging.getLogger("projectionist.cli")
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _main(fn: Callable[[Settings], Awaitable[T]]) -> T:
+    """Run ``fn`` with settings; translate errors into one line and an exit code."""
+    configure_logging()
+    secrets: tuple[str, ...] = ()
+    try:
+        settings = _settings()
+        secrets = settings.secrets()
+        return anyio.run(fn, settings)
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/red] {redact_text(str(exc), secrets)}")
+        raise typer.Exit(2) from None
+    except ProjectionistError as exc:
+        err.print(f"[red]error:[/red] {redact_text(str(exc), secrets)}")
+        raise typer.Exit(1) from None
+
+
+def _only(app_: App, lanes: list[str]) -> None:
+    if not lanes:
+        return
+    for name in lanes:
+        app_.runner.lane(name)
+    app_.runner.lanes = {n: ln for n, ln in app_.runner.lanes.items() if n in lanes}
+    app_.lanes = [ln for ln in app_.lanes if ln.name in lanes]
+
+
+async def _publisher(app_: App) -> None:
+    while True:
+        try:
+            await publish_status(app_.store, app_.lanes, app_.owner)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not publish lane status: %s", exc)
+        await anyio.sleep(2.0)
+
+
+async def _control(app_: App) -> None:
+    """Listen for ``projectionist flush`` requests sent from other processes."""
+    conn = await asyncpg.connect(app_.settings.postgres_dsn.get_secret_value())
+
+    def on_message(*args: Any) -> None:
+        payload = str(args[-1])
+        if payload.startswith("flush:"):
+            name = payload.removeprefix("flush:")
+            if name in app_.runner.lanes:
+                app_.runner.lanes[name].request_flush()
+
+    try:
+        await conn.add_listener(f"{app_.settings.event_store_schema}_control", on_message)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+
+
+async def _signals(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            log.info("received %s: finishing the in-flight writes", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+@app.command()
+def run(
+    until_caught_up: Annotated[
+        bool, typer.Option("--until-caught-up", help="exit 0 once every lane is at the head")
+    ] = False,
+    lane: Annotated[list[str], typer.Option("--lane", help="run only these lanes")] = [],  # noqa: B006
+) -> None:
+    """Run every configured lane (until SIGTERM, or until caught up)."""
+
+    async def go(settings: Settings) -> int:
+        async with App(settings) as app_:
+            _only(app_, lane)
+            if settings.metrics_port:
+                from core.metrics import serve_metrics
+
+                serve_metrics(app_, settings.metrics_port)
+            async with anyio.create_task_group() as group:
+                group.start_soon(_signals, group.cancel_scope)
+                group.start_soon(_publisher, app_)
+                group.start_soon(_control, app_)
+                await app_.runner.run(until_caught_up=until_caught_up)
+                await publish_status(app_.store, app_.lanes, app_.owner)
+                group.cancel_scope.cancel()
+            halted = app_.runner.halted()
+            for ln in halted:
+                err.print(
+                    f"[red]lane {ln.name} halted[/red] at {ln.halted_at}: {ln.stats.last_error}"
+                )
+            return 1 if halted else 0
+
+    code = _main(go)
+    raise typer.Exit(code)
+
+
+def _print_status(report: StatusReport) -> None:
+    table = Table(title=f"head {report.head}  ·  fence age {report.fence_age_seconds:.1f}s")
+    for col in (
+        "lane",
+        "strategy",
+        "state",
+        "checkpoint",
+        "lag",
+        "lag s",
+        "rate/s",
+        "parked",
+        "last error",
+    ):
+        table.add_column(col)
+    for s in report.lanes:
+        table.add_row(
+            s.lane,
+            s.strategy,
+            s.state,
+            s.checkpoint or "-",
+            str(s.lag_events),
+            f"{s.lag_seconds:.1f}",
+            f"{s.rate:.0f}",
+            str(s.parked),
+            (s.last_error or "")[:60],
+        )
+    console.print(table)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per-lane state, checkpoint, lag and errors, read from the sinks and the log."""
+
+    async def go(settings: Settings) -> StatusReport:
+        async with App(settings) as app_:
+            return await collect_status(app_)
+
+    report = _main(go)
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        _print_status(report)
+
+
+@app.command()
+def rebuild(lane: str) -> None:
+    """Clear one lane's read model and checkpoint and replay the whole log into it."""
+    from core.progress import lane_progress
+
+    async def go(settings: Settings) -> int:
+        async with App(settings) as app_:
+            target = app_.runner.lane(lane)
+            head = await app_.store.head()
+            total = await app_.store.count_between(START, head) if head else 0
+            with lane_progress(target, total, console):
+                await app_.runner.rebuild(lane)
+            return 1 if app_.runner.halted() else 0
+
+    raise typer.Exit(_main(go))
+
+
+@app.command()
+def flush(lane: str) -> None:
+    """Ask the running runner to flush a (batch) lane now."""
+
+    async def go(settings: Settings) -> None:
+        async with App(settings) as app_:
+            app_.runner.lane(lane)
+            await app_.store.pool.execute(
+                "SELECT pg_notify($1, $2)",
+                f"{settings.event_store_schema}_control",
+                f"flush:{lane}",
+            )
+        console.print(f"flush requested for {lane}")
+
+    _main(go)
+
+
+@dead_letters_app.command("list")
+def dl_list(lane: Annotated[str | None, typer.Option(help="only this lane")] = None) -> None:
+    """Parked events, oldest first."""
+
+    async def go(settings: Settings) -> None:
+        async with App(settings) as app_:
+            letters = await app_.dead_letters.find(lane)
+        table = Table()
+        for col in ("lane", "event id", "position", "stream", "version", "type", "error"):
+            table.add_column(col)
+        for d in letters:
+            table.add_row(
+                d.lane,
+                str(d.event_id),
+                str(d.position),
+                d.stream_id,
+                str(d.stream_version),
+                d.event_type,
+                d.error[:80],
+            )
+        console.print(table)
+
+    _main(go)
+
+
+@dead_letters_app.command("show")
+def dl_show(lane: str, event_id: UUID) -> None:
+    """One parked event with its payload and error, as JSON."""
+
+    async def go(settings: Settings) -> None:
+        async with App(settings) as app_:
+            found = [d for d in await app_.dead_letters.find(lane, "any") if d.event_id == event_id]
+        if not found:
+            raise ConfigurationError("event_id", str(event_id), f"no dead letter in lane {lane}")
+        d = found[0]
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "lane": d.lane,
+                    "event_id": str(d.event_id),
+                    "position": str(d.position),
+                    "stream_id": d.stream_id,
+                    "stream_version": d.stream_version,
+                    "event_type": d.event_type,
+                    "status": d.status,
+                    "error": d.error,
+                    "blocked_by": str(d.blocked_by) if d.blocked_by else None,
+                    "payload": d.payload,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+    _main(go)
+
+
+def _set_status(lane: str, event_ids: list[UUID], status_: str) -> None:
+    async def go(settings: Settings) -> None:
+        async with App(settings) as app_:
+            changed = await app_.dead_letters.set_status(lane, event_ids, status_)
+        console.print(f"{changed} dead letter(s) of {lane} marked {status_}")
+
+    _main(go)
+
+
+@dead_letters_app.command("skip")
+def dl_skip(lane: str, event_ids: list[UUID]) -> None:
+    """Give up on parked events for good (their streams stay unblocked from then on)."""
+    _set_status(lane, event_ids, "skipped")
+
+
+@dead_letters_app.command("retry")
+def dl_retry(lane: str, event_ids: list[UUID]) -> None:
+    """Mark parked events for retry: `projectionist rebuild LANE` then re-applies them."""
+    _set_status(lane, event_ids, "retry")

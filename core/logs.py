@@ -1,0 +1,37 @@
+"""Logging: human lines on a terminal, one JSON object per line elsewhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+__all__ = ("configure_logging",)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Configure the root logger once: JSON when stderr is not a terminal."""
+    root = logging.getLogger()
+    if getattr(root, "_projectionist", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    root._projectionist = True  # type: ignore[attr-defined]

@@ -1,0 +1,163 @@
+"""Configuration: environment variables (``PROJECTIONIST_*``) and an optional
+``projectionist.toml``; lanes and sinks named by import path so a team's own projections and
+sinks plug in like the reference ones. Secrets are ``SecretStr`` and never printed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from core.errors import ConfigurationError
+from core.naming import validate_name
+from core.redact import redact_text
+from core.strategy import ErrorPolicy, Strategy
+
+__all__ = (
+    "DEFAULT_LANES",
+    "DEFAULT_SINKS",
+    "LaneSettings",
+    "Settings",
+    "SinkSettings",
+    "import_object",
+    "load_settings",
+)
+
+
+class SinkSettings(BaseModel):
+    """One configured sink: a factory ``create_sink(name, settings, options)`` by import path."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    factory: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LaneSettings(BaseModel):
+    """One lane: a projection class by import path, written to a named sink."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    projection: str
+    sink: str
+    strategy: Strategy = Field(default_factory=Strategy.immediate)
+    policy: ErrorPolicy = ErrorPolicy.HALT
+    options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+DEFAULT_SINKS: dict[str, SinkSettings] = {
+    "postgres": SinkSettings(factory="sinks.postgres:create_sink"),
+    "elasticsearch": SinkSettings(factory="sinks.elasticsearch:create_sink"),
+    "redis": SinkSettings(factory="sinks.redis:create_sink"),
+    "duckdb": SinkSettings(factory="sinks.duckdb:create_sink"),
+}
+
+DEFAULT_LANES: list[LaneSettings] = [
+    LaneSettings(projection="projections.orders:OrderSummary", sink="postgres"),
+    LaneSettings(projection="projections.orders:OrderDetail", sink="postgres"),
+    LaneSettings(projection="projections.orders:OrderCache", sink="redis"),
+    LaneSettings(
+        projection="projections.orders:OrderSearch",
+        sink="elasticsearch",
+        strategy=Strategy.near_real_time(max_delay=0.5),
+    ),
+    LaneSettings(
+        projection="projections.orders:OrderAnalytics",
+        sink="duckdb",
+        strategy=Strategy.batch(interval=3600),
+    ),
+]
+
+
+class Settings(BaseSettings):
+    """Everything the CLI needs. Environment first, then ``projectionist.toml``, then defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROJECTIONIST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    postgres_dsn: SecretStr = Field(description="the event store's Postgres")
+    elasticsearch_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    duckdb_path: Path | None = None
+    event_store_schema: str = "projectionist"
+    read_model_schema: str = "read_models"
+    lookups: str | None = "projections.orders:catalog_lookups"
+    sinks: dict[str, SinkSettings] = Field(default_factory=lambda: dict(DEFAULT_SINKS))
+    lanes: list[LaneSettings] = Field(default_factory=lambda: list(DEFAULT_LANES))
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("event_store_schema", "read_model_schema")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name("schema", value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = Path(os.environ.get("PROJECTIONIST_CONFIG", "projectionist.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, so messages can be scrubbed of them."""
+        out = [self.postgres_dsn.get_secret_value()]
+        for value in (self.elasticsearch_url, self.redis_url):
+            if value is not None:
+                out.append(value.get_secret_value())
+        return tuple(s for s in out if s)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and file, or a :class:`ConfigurationError` that names
+    the field, the value and what is allowed (never a secret)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        value = first.get("input")
+        shown = "***" if "dsn" in field or "url" in field or "password" in field else value
+        env = "PROJECTIONIST_" + field.upper().replace(".", "__")
+        if first["type"] == "missing":
+            raise ConfigurationError(field, None, f"required: set {env}") from None
+        raise ConfigurationError(
+            field, shown, redact_text(f"{first['msg']} (set through {env})")
+        ) from None
+
+
+def import_object(path: str, field: str) -> Any:
+    """``"package.module:attribute"`` imported, or a :class:`ConfigurationError`."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(field, path, "use the form 'package.module:Attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(field, path, f"cannot import {module_name}: {exc}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(field, path, f"{module_name} has no {attribute!r}") from None

@@ -1,0 +1,136 @@
+"""``projectionist status``: per lane state, checkpoint, head, lag, rate, parked count and last
+error, plus the log's fence age. Checkpoints come from the sinks themselves and states from
+the ``lane_status`` rows runners publish, so it works while a runner runs elsewhere."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from core.eventstore.postgres import PostgresEventStore
+from core.lane import Lane
+from core.naming import quote_ident
+from core.position import START
+from core.redact import redact_text
+
+if TYPE_CHECKING:
+    from core.app import App
+
+__all__ = ("LaneStatus", "StatusReport", "collect_status", "publish_status")
+
+STALE_AFTER = 15.0
+"""Seconds after which a runner's published lane state counts as gone ("stopped")."""
+
+
+class LaneStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    lane: str
+    sink: str
+    strategy: str
+    state: str
+    checkpoint: str | None
+    head: str | None
+    lag_events: int
+    lag_seconds: float
+    rate: float
+    parked: int
+    retries: int
+    last_error: str | None
+    owner: str | None
+
+
+class StatusReport(BaseModel):
+    """The ``status --json`` document (its JSON schema is in docs/operations.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generated_at: datetime
+    head: str | None
+    fence_age_seconds: float
+    lanes: list[LaneStatus]
+
+
+def _table(store: PostgresEventStore) -> str:
+    return f"{quote_ident(store.schema)}.lane_status"
+
+
+async def publish_status(store: PostgresEventStore, lanes: list[Lane], owner: str) -> None:
+    """Upsert one ``lane_status`` row per lane (called every few seconds by a runner)."""
+    rows = []
+    for lane in lanes:
+        seconds = sum(lane.stats.batch_seconds) or 0.0
+        rate = 0.0
+        if lane.stats.batch_seconds and seconds > 0:
+            rate = lane.stats.events / max(seconds, 1e-9)
+        rows.append(
+            (
+                lane.name,
+                lane.state.value,
+                owner,
+                lane.stats.events,
+                rate,
+                lane.stats.retries,
+                lane.stats.last_error,
+            )
+        )
+    await store.pool.executemany(
+        f"""INSERT INTO {_table(store)} (lane, state, owner, events, rate, retries, last_error,
+                                        updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+            ON CONFLICT (lane) DO UPDATE SET state = excluded.state, owner = excluded.owner,
+                events = excluded.events, rate = excluded.rate, retries = excluded.retries,
+                last_error = excluded.last_error, updated_at = now()""",
+        rows,
+    )
+
+
+async def collect_status(app: App) -> StatusReport:
+    store = app.store
+    head = await store.head()
+    published: dict[str, Any] = {
+        r["lane"]: r
+        for r in await store.pool.fetch(
+            f"SELECT *, extract(epoch FROM now() - updated_at) AS age FROM {_table(store)}"
+        )
+    }
+    secrets = app.settings.secrets()
+    lanes = []
+    now = datetime.now(UTC)
+    for lane in app.lanes:
+        checkpoint = await lane.sink.read_checkpoint(lane.target)
+        after = checkpoint or START
+        lag = await store.count_between(after, head) if head else 0
+        lag_seconds = 0.0
+        if lag:
+            first = await store.read(after, 1)
+            if first:
+                lag_seconds = max(0.0, (now - first[0].recorded_at).total_seconds())
+        row = published.get(lane.name)
+        live = row is not None and float(row["age"]) < STALE_AFTER
+        error = row["last_error"] if row is not None else None
+        lanes.append(
+            LaneStatus(
+                lane=lane.name,
+                sink=lane.sink.kind,
+                strategy=lane.strategy.kind,
+                state=row["state"] if live and row is not None else "stopped",
+                checkpoint=str(checkpoint) if checkpoint else None,
+                head=str(head) if head else None,
+                lag_events=lag,
+                lag_seconds=round(lag_seconds, 3),
+                rate=round(float(row["rate"]), 1) if live and row is not None else 0.0,
+                parked=await lane.dead_letters.count(lane.name),
+                retries=int(row["retries"]) if row is not None else 0,
+                last_error=redact_text(error, secrets) if error else None,
+                owner=row["owner"] if live and row is not None else None,
+            )
+        )
+    return StatusReport(
+        generated_at=now,
+        head=str(head) if head else None,
+        fence_age_seconds=round(await store.fence_age(), 3),
+        lanes=lanes,
+    )
