@@ -5,9 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-ENV_FILE := .local/services.env
 # Addresses the services script wrote, unless the caller set them already.
-LOAD_ENV := set -a; [ -f $(ENV_FILE) ] && . $(ENV_FILE); set +a
+WITH_ENV := scripts/with-services-env
 PYTEST_ARGS ?=
 
 .PHONY: install services services-down check lint test test-unit demo bench clean
@@ -40,15 +39,15 @@ test-unit: install
 
 test: install services check
 	@echo "== tests"
-	@start=$$(date +%s); $(LOAD_ENV); \
-	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	@start=$$(date +%s); \
+	status=0; $(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	echo "== tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
 demo: install services
-	@$(LOAD_ENV); $(BIN)/projectionist demo
+	@$(WITH_ENV) $(BIN)/projectionist demo
 
 bench: install services
-	@$(LOAD_ENV); for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@for b in bench/*.py; do echo "== $$b"; $(WITH_ENV) $(BIN)/python $$b; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -14,6 +14,7 @@ from core.errors import ConfigurationError
 from core.eventstore.postgres import PostgresEventStore
 from core.lane import Lane
 from core.lookups import LookupProvider, NoLookups
+from core.naming import validate_name
 from core.projection import Projection
 from core.runner import Runner
 from core.settings import LaneSettings, Settings, import_object
@@ -57,7 +58,33 @@ class App:
     ) -> None:
         await self._stack.aclose()
 
+    def validate(self) -> None:
+        """Check every import path and lane name before touching any service."""
+        s = self.settings
+        names: set[str] = set()
+        for lane in s.lanes:
+            if not lane.enabled:
+                continue
+            if lane.sink not in s.sinks:
+                known = ", ".join(sorted(s.sinks))
+                raise ConfigurationError("lanes.sink", lane.sink, f"configured sinks: {known}")
+            validate_name("lanes.sink", lane.sink)
+            cls = import_object(lane.projection, "lanes.projection")
+            if not (isinstance(cls, type) and issubclass(cls, Projection)):
+                raise ConfigurationError(
+                    "lanes.projection", lane.projection, "name a Projection subclass"
+                )
+            name = f"{cls.name}@{lane.sink}"
+            if name in names:
+                raise ConfigurationError("lanes", name, "each lane may be configured once")
+            names.add(name)
+        for name in {lane.sink for lane in s.lanes if lane.enabled}:
+            import_object(s.sinks[name].factory, f"sinks.{name}.factory")
+        if s.lookups:
+            import_object(s.lookups, "lookups")
+
     async def _open(self) -> None:
+        self.validate()
         s = self.settings
         self.store = await PostgresEventStore.connect(
             s.postgres_dsn.get_secret_value(),
@@ -70,10 +97,6 @@ class App:
             factory = import_object(s.lookups, "lookups")
             self.lookups = await factory(self.store.pool, s)
         enabled = [lane for lane in s.lanes if lane.enabled]
-        for lane in enabled:
-            if lane.sink not in s.sinks:
-                known = ", ".join(sorted(s.sinks))
-                raise ConfigurationError("lanes.sink", lane.sink, f"configured sinks: {known}")
         for name in sorted({lane.sink for lane in enabled}):
             self.sinks[name] = await self._open_sink(name)
         for lane in enabled:
@@ -88,12 +111,7 @@ class App:
         return sink
 
     def _lane(self, config: LaneSettings) -> Lane:
-        cls = import_object(config.projection, "lanes.projection")
-        if not (isinstance(cls, type) and issubclass(cls, Projection)):
-            raise ConfigurationError(
-                "lanes.projection", config.projection, "name a Projection subclass"
-            )
-        projection: Any = cls()
+        projection: Any = import_object(config.projection, "lanes.projection")()
         return Lane(
             projection,
             self.sinks[config.sink],

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.app import App
-from core.errors import ConfigurationError, ProjectionistError
+from core.errors import ConfigurationError, ProjectionistError, StoreUnavailable
 from core.logs import configure_logging
 from core.position import START
 from core.redact import redact_text
@@ -53,6 +53,12 @@ def _main(fn: Callable[[Settings], Awaitable[T]]) -> T:
         return anyio.run(fn, settings)
     except ConfigurationError as exc:
         err.print(f"[red]configuration error:[/red] {redact_text(str(exc), secrets)}")
+        raise typer.Exit(2) from None
+    except StoreUnavailable as exc:
+        err.print(
+            f"[red]cannot reach a service:[/red] {redact_text(str(exc), secrets)} "
+            "(is it running? `scripts/services status`; check the PROJECTIONIST_* addresses)"
+        )
         raise typer.Exit(2) from None
     except ProjectionistError as exc:
         err.print(f"[red]error:[/red] {redact_text(str(exc), secrets)}")

@@ -7,6 +7,7 @@ import asyncpg
 
 from core.errors import (
     AmbiguousCommit,
+    ConfigurationError,
     PermanentError,
     ProjectionistError,
     StoreUnavailable,
@@ -36,11 +37,20 @@ def translate_pg_error(
 
     A connection lost during COMMIT is an :class:`AmbiguousCommit`: the caller must find out
     whether it landed. Other connection and resource failures are :class:`StoreUnavailable`;
-    anything else (constraint, data, syntax) is a :class:`PermanentError`.
+    anything else (constraint, data, syntax) is a :class:`PermanentError`, and a refused
+    login or a missing database a :class:`ConfigurationError`.
     """
     text = redact_text(f"{what}: {type(exc).__name__}: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
+        if state.startswith("28"):
+            return ConfigurationError(
+                "postgres_dsn", "***", f"{what}: authentication failed; check user and password"
+            )
+        if state == "3D000":
+            return ConfigurationError(
+                "postgres_dsn", "***", f"{what}: {exc}; create the database or fix the DSN"
+            )
         if state.startswith(TRANSIENT_SQLSTATE_CLASSES):
             if in_commit and state.startswith(("08", "57")):
                 return AmbiguousCommit(text)

@@ -56,10 +56,10 @@ class LaneSettings(BaseModel):
 
 
 DEFAULT_SINKS: dict[str, SinkSettings] = {
-    "postgres": SinkSettings(factory="sinks.postgres:create_sink"),
-    "elasticsearch": SinkSettings(factory="sinks.elasticsearch:create_sink"),
-    "redis": SinkSettings(factory="sinks.redis:create_sink"),
-    "duckdb": SinkSettings(factory="sinks.duckdb:create_sink"),
+    "postgres": SinkSettings(factory="sinks.factories:postgres"),
+    "elasticsearch": SinkSettings(factory="sinks.factories:elasticsearch"),
+    "redis": SinkSettings(factory="sinks.factories:redis"),
+    "duckdb": SinkSettings(factory="sinks.factories:duckdb"),
 }
 
 DEFAULT_LANES: list[LaneSettings] = [
