@@ -23,6 +23,7 @@ __all__ = (
     "NewEvent",
     "RawEvent",
     "check_payload",
+    "encode_event",
 )
 
 JSON = dict[str, Any]
@@ -38,49 +39,72 @@ class EventLimits(BaseModel):
     max_stream_id_length: int = Field(default=200, gt=0)
 
 
-def _depth_within(value: Any, limit: int) -> bool:
-    """True when ``value`` nests no deeper than ``limit`` (iterative: no recursion limit)."""
+def _json_problem(value: Any, limit: int) -> str | None:
+    """Why ``value`` cannot be stored as it is, or ``None``: nesting deeper than ``limit``, a
+    NUL character (JSONB cannot hold one) or a non-string object key (JSON would silently turn
+    it into a string). Iterative, so any depth is safe."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "holds a NUL character, which JSONB cannot store"
+        elif isinstance(item, dict):
             if depth > limit:
-                return False
-            stack.extend((v, depth + 1) for v in item.values())
+                return f"nests deeper than max_depth={limit}; flatten it"
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    return f"has a non-string key {type(key).__name__}, which is not JSON"
+                if "\x00" in key:
+                    return "holds a NUL character, which JSONB cannot store"
+                stack.append((inner, depth + 1))
         elif isinstance(item, list | tuple):
             if depth > limit:
-                return False
-            stack.extend((v, depth + 1) for v in item)
-    return True
+                return f"nests deeper than max_depth={limit}; flatten it"
+            stack.extend((inner, depth + 1) for inner in item)
+    return None
 
 
-def check_payload(stream_id: str, event: NewEvent, limits: EventLimits) -> str:
-    """Validate one event against ``limits`` and return its data encoded as JSON text.
-
-    Raises :class:`InvalidEvent` naming the stream, the event type and the limit broken.
-    """
-    where = f"stream {stream_id!r}, event {event.event_type!r}"
-    for name, part in (("data", event.data), ("metadata", event.metadata)):
-        if not _depth_within(part, limits.max_depth):
-            raise InvalidEvent(
-                f"{where}: {name} nests deeper than max_depth={limits.max_depth}; flatten it"
-            )
+def _encode(where: str, name: str, part: JSON, limits: EventLimits) -> str:
+    problem = _json_problem(part, limits.max_depth)
+    if problem is not None:
+        raise InvalidEvent(f"{where}: {name} {problem}")
     try:
-        text = json.dumps(event.data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(part, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise InvalidEvent(f"{where}: data is not JSON ({exc})") from None
+        raise InvalidEvent(f"{where}: {name} is not JSON ({exc})") from None
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidEvent(f"{where}: data is not valid UTF-8 text ({exc.reason})") from None
+        raise InvalidEvent(f"{where}: {name} is not valid UTF-8 text ({exc.reason})") from None
     if size > limits.max_payload_bytes:
         raise InvalidEvent(
-            f"{where}: data is {size} bytes, over max_payload_bytes={limits.max_payload_bytes}; "
-            "store large blobs elsewhere and append a reference"
+            f"{where}: {name} is {size} bytes, over max_payload_bytes="
+            f"{limits.max_payload_bytes}; store large blobs elsewhere and append a reference"
         )
-    if "\x00" in text:
-        raise InvalidEvent(f"{where}: data holds a NUL character, which JSONB cannot store")
     return text
+
+
+def encode_event(stream_id: str, event: NewEvent, limits: EventLimits) -> tuple[str, str]:
+    """Validate one event against ``limits``; return its data and metadata as JSON text.
+
+    Data and metadata must each be JSON (string keys; no NaN or infinity; no NUL character;
+    valid UTF-8), nest no deeper than ``max_depth`` and encode to at most
+    ``max_payload_bytes``; the event type holds no control character. Raises
+    :class:`InvalidEvent` naming the stream, the event type and the rule broken.
+    """
+    where = f"stream {stream_id!r}, event {event.event_type!r}"
+    if any(ord(ch) < 32 for ch in event.event_type):
+        raise InvalidEvent(f"{where}: the event type holds a control character")
+    return (
+        _encode(where, "data", event.data, limits),
+        _encode(where, "metadata", event.metadata, limits),
+    )
+
+
+def check_payload(stream_id: str, event: NewEvent, limits: EventLimits) -> str:
+    """Validate one event as :func:`encode_event` does and return its data as JSON text."""
+    return encode_event(stream_id, event, limits)[0]
 
 
 class NewEvent(BaseModel):

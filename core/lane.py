@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from time import monotonic
 from typing import Any, Protocol
@@ -17,6 +17,7 @@ from core.deadletters import DeadLetter, DeadLetterStore, InMemoryDeadLetters
 from core.errors import (
     AmbiguousCommit,
     CheckpointConflict,
+    DocumentRejected,
     LookupUnavailable,
     ProjectionistError,
     TransientError,
@@ -33,7 +34,7 @@ from core.fold import (
     plan_gaps,
 )
 from core.lookups import LookupProvider, NoLookups
-from core.operations import Batch
+from core.operations import Batch, DeleteDocument, PutDocument
 from core.position import START, Position
 from core.projection import DocumentProjection, LookupKey, Projection
 from core.retry import Backoff, LogThrottle
@@ -47,7 +48,10 @@ log = logging.getLogger("projectionist.lane")
 
 class EventSource(Protocol):
     async def read(self, after: Position, limit: int) -> list[EventEnvelope]: ...
-    async def wait_for_new(self, timeout: float) -> None: ...
+    @property
+    def notifications(self) -> int: ...
+
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None: ...
 
 
 @dataclass
@@ -170,6 +174,7 @@ class Lane:
         self.state = LaneState.RUNNING
         while True:
             limit = min(self.strategy.read_size, self.strategy.max_batch - pending.events) or 1
+            seen = self.source.notifications
             events = await self._retrying(
                 "reading the log", partial(self.source.read, pending.position, limit)
             )
@@ -191,7 +196,7 @@ class Lane:
                     return
                 self.state = LaneState.IDLE
             if at_head:
-                await self.source.wait_for_new(self._wait_time(pending))
+                await self.source.wait_for_new(self._wait_time(pending), seen)
 
     def _unflushed(self, pending: Pending) -> bool:
         return pending.position != (self.checkpoint or START)
@@ -347,7 +352,7 @@ class Lane:
             if pending.parked:
                 letters = list(pending.parked)
                 await self._retrying("parking events", lambda: self.dead_letters.park(letters))
-            await self._retrying("writing a batch", lambda: self._write(batch))
+            batch = await self._write_parking_rejected(batch, pending)
         self.checkpoint = batch.checkpoint
         self._flush_now = False
         self._record(pending, monotonic() - started)
@@ -363,6 +368,65 @@ class Lane:
             if found != batch.expected_checkpoint:
                 raise CheckpointConflict(self.name, batch.expected_checkpoint, found) from None
             raise  # it did not land: retry the same batch
+
+    # -- documents the sink rejects for good (DocumentRejected) ----------------------------
+
+    async def _write_parking_rejected(self, batch: Batch, pending: Pending) -> Batch:
+        """Write ``batch``; returns the batch that was written.
+
+        When the sink refuses one document for good (:class:`DocumentRejected`) under the park
+        policy, the events that built it since its stored version are parked (the first with
+        the reason, the others behind it), its key is blocked like any parked key, and the
+        batch is written again without it. Under the halt policy the rejection propagates:
+        the checkpoint stays before the batch.
+        """
+        current = batch
+        while True:
+            try:
+                await self._retrying("writing a batch", partial(self._write, current))
+                return current
+            except DocumentRejected as rejected:
+                if self.policy is not ErrorPolicy.PARK:
+                    raise
+                current = await self._park_rejected(current, pending, rejected)
+
+    async def _park_rejected(
+        self, batch: Batch, pending: Pending, rejected: DocumentRejected
+    ) -> Batch:
+        key = rejected.key
+        mine = [
+            op
+            for op in batch.operations
+            if isinstance(op, PutDocument | DeleteDocument) and op.key == key
+        ]
+        if not mine or key in self._blocked:
+            raise rejected  # nothing of this batch to park: never drop silently
+        found = await self._retrying(
+            "loading a rejected document", lambda: self.sink.load(self.target, [key])
+        )
+        stored = found.get(key)
+        top = max(op.version for op in mine)
+        events = await self._retrying(
+            f"reading stream {key} to park a rejected document",
+            partial(self.store.read_stream, key, (stored.version if stored else 0) + 1, top),
+        )
+        if not events:
+            raise rejected
+        first = events[0].event_id
+        reason = f"the sink rejected the document built up to here: {rejected.reason}"
+        letters = [DeadLetter.of(self.name, events[0], reason)]
+        held = f"held behind parked event {first}"
+        letters += [DeadLetter.of(self.name, e, held, first) for e in events[1:]]
+        await self._retrying("parking events", lambda: self.dead_letters.park(letters))
+        self._blocked[key] = first
+        self.stats.parked += len(letters)
+        self.stats.last_error = str(rejected)
+        pending.docs[key] = (
+            DocState(stored.version, stored.document) if stored else DocState(0, None)
+        )
+        log.warning("lane %s parked %d events of %s: %s", self.name, len(letters), key, rejected)
+        kept = tuple(op for op in batch.operations if not any(op is m for m in mine))
+        return replace(batch, operations=kept)
 
     def _record(self, pending: Pending, seconds: float) -> None:
         stats = self.stats

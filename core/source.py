@@ -87,5 +87,9 @@ class SharedTail:
                 del self._events[:excess]
                 del self._keys[:excess]
 
-    async def wait_for_new(self, timeout: float) -> None:
-        await self.store.wait_for_new(timeout)
+    @property
+    def notifications(self) -> int:
+        return self.store.notifications
+
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+        await self.store.wait_for_new(timeout, seen)

@@ -7,11 +7,19 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from core.errors import ConfigurationError
-from core.events import EventEnvelope, NewEvent
+from core.errors import ConfigurationError, InvalidEvent
+from core.events import EventEnvelope, EventLimits, NewEvent, encode_event
 from core.position import Position
 
-__all__ = ("ANY", "NO_STREAM", "AppendResult", "EventStore", "StreamAppender", "validate_stream_id")
+__all__ = (
+    "ANY",
+    "NO_STREAM",
+    "AppendResult",
+    "EventStore",
+    "StreamAppender",
+    "check_batch",
+    "validate_stream_id",
+)
 
 ANY: int | None = None
 """``expected_version=ANY``: append at the stream's current end, whatever it is."""
@@ -29,6 +37,29 @@ def validate_stream_id(stream_id: str, max_length: int) -> None:
         )
     if any(ord(ch) < 32 for ch in stream_id):
         raise ConfigurationError("stream_id", stream_id, "control characters are not allowed")
+    try:
+        stream_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            "stream_id", stream_id, "it must be valid Unicode text (no lone surrogates)"
+        ) from None
+
+
+def check_batch(
+    stream_id: str, events: Sequence[NewEvent], limits: EventLimits
+) -> list[tuple[str, str]]:
+    """Validate one append's input; return each event's data and metadata as JSON text.
+
+    Refuses (with :class:`ConfigurationError`) an invalid stream id and (with
+    :class:`InvalidEvent`) an empty batch, an event id given twice in the batch, or an event
+    that :func:`core.events.encode_event` refuses.
+    """
+    validate_stream_id(stream_id, limits.max_stream_id_length)
+    if not events:
+        raise InvalidEvent(f"stream {stream_id!r}: nothing to append")
+    if len({e.event_id for e in events}) != len(events):
+        raise InvalidEvent(f"stream {stream_id!r}: the batch holds the same event id twice")
+    return [encode_event(stream_id, e, limits) for e in events]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +87,17 @@ class EventStore(ABC):
 
     * ``append`` writes a stream's events in one statement with optimistic concurrency on
       ``expected_version`` and is idempotent by ``event_id``: appending the same events again is
-      a no-op that reports ``written=0``; an event id reused for other content is refused.
+      a no-op that reports ``written=0`` (whatever ``expected_version`` says); a batch that
+      reuses some event ids but not all, or ids already used by another stream, is refused with
+      :class:`~core.errors.InvalidEvent` and writes nothing. Content is not compared: an id
+      names one event for good.
     * ``read(after, limit)`` returns events strictly after ``after`` in position order, and only
       events behind the visibility fence: no event may later appear at a position at or before
       the last one returned. It never skips, never times out, never returns a duplicate.
     * ``head()`` is the newest readable position (``None`` when the log is empty).
-    * ``wait_for_new(timeout)`` returns when new events may be readable, or after ``timeout``.
+    * ``wait_for_new(timeout, seen)`` returns when new events may be readable, or after
+      ``timeout``; at once when ``notifications`` moved past ``seen`` (a caller reads
+      ``notifications`` before it reads the log, so a wake-up between the two is not lost).
     """
 
     @abstractmethod
@@ -93,8 +129,11 @@ class EventStore(ABC):
     async def fence_age(self) -> float:
         """Seconds the oldest open writing transaction has held the fence back (0 if none)."""
 
+    notifications: int = 0
+    """How many wake-ups (commits of appends) this store has seen so far."""
+
     @abstractmethod
-    async def wait_for_new(self, timeout: float) -> None: ...
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None: ...
 
     async def iterate(self, after: Position, page: int = 1000) -> AsyncIterator[EventEnvelope]:
         """Every readable event after ``after``, page by page, until the current head."""

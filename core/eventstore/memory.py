@@ -8,6 +8,7 @@ append and, while open, holds back every reader from its id onwards, exactly as
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,8 +17,8 @@ from time import monotonic
 import anyio
 
 from core.errors import ConcurrencyError, InvalidEvent
-from core.events import EventEnvelope, EventLimits, NewEvent, check_payload
-from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, validate_stream_id
+from core.events import EventEnvelope, EventLimits, NewEvent
+from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, check_batch
 from core.position import Position
 
 __all__ = ("InMemoryEventStore",)
@@ -63,11 +64,10 @@ class InMemoryEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: int | None,
     ) -> AppendResult:
-        validate_stream_id(stream_id, self.limits.max_stream_id_length)
-        for event in events:
-            check_payload(stream_id, event, self.limits)
-        known = [self._by_id.get(str(e.event_id)) for e in events]
-        if events and all(known):
+        encoded = check_batch(stream_id, events, self.limits)
+        mine = {str(e.event_id): e for e in tx.staged}
+        known = [self._by_id.get(str(e.event_id)) or mine.get(str(e.event_id)) for e in events]
+        if all(known):
             if any(k is None or k.stream_id != stream_id for k in known):
                 raise InvalidEvent(f"stream {stream_id!r}: event ids already used elsewhere")
             last = max(k.stream_version for k in known if k is not None)
@@ -84,15 +84,15 @@ class InMemoryEventStore(EventStore):
             tx.xid = self._next_xid
             self._next_xid += 1
         now = datetime.now(UTC)
-        for offset, event in enumerate(events, start=1):
+        for offset, (event, (data, metadata)) in enumerate(zip(events, encoded, strict=True), 1):
             envelope = EventEnvelope(
                 event_id=event.event_id,
                 stream_id=stream_id,
                 stream_version=current + offset,
                 event_type=event.event_type,
                 schema_version=event.schema_version,
-                data=event.data,
-                metadata=event.metadata,
+                data=json.loads(data),
+                metadata=json.loads(metadata),
                 recorded_at=now,
                 position=Position(tx.xid, self._next_gpos),
             )
@@ -111,6 +111,7 @@ class InMemoryEventStore(EventStore):
         self._wake()
 
     def _wake(self) -> None:
+        self.notifications += 1
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -163,6 +164,8 @@ class InMemoryEventStore(EventStore):
         ages = [monotonic() - tx.started for tx in self._open if tx.xid is not None]
         return max(ages, default=0.0)
 
-    async def wait_for_new(self, timeout: float) -> None:
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+        if seen is not None and self.notifications > seen:
+            return
         with anyio.move_on_after(timeout):
             await self._changed.wait()

@@ -10,9 +10,10 @@ every reader back; :meth:`PostgresEventStore.fence_age` reports how long.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -23,8 +24,8 @@ from core.errors import (
     EventLogRestored,
     InvalidEvent,
 )
-from core.events import EventEnvelope, EventLimits, NewEvent, check_payload
-from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, validate_stream_id
+from core.events import EventEnvelope, EventLimits, NewEvent
+from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, check_batch
 from core.eventstore.postgres_schema import schema_ddl
 from core.naming import quote_ident, validate_name
 from core.pgerrors import translate_pg_error
@@ -70,15 +71,20 @@ class _Sql:
         t = f"{quote_ident(schema)}.events"
         fence = "transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
         after = "(transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
+        # Data and metadata arrive as JSON text and are cast here: the pool's jsonb codec would
+        # encode a str parameter a second time, as a JSON string. ``dup`` makes a batch that
+        # reuses any committed event id write nothing; ON CONFLICT covers a concurrent one.
         self.append = f"""
 WITH cur AS (SELECT coalesce(max(stream_version), 0) AS v FROM {t} WHERE stream_id = $1),
+dup AS (SELECT count(*) AS n FROM {t} WHERE event_id = ANY($2::uuid[])),
 ins AS (
     INSERT INTO {t} (event_id, stream_id, stream_version, event_type, schema_version,
                      data, metadata)
-    SELECT e.event_id, $1, cur.v + e.n, e.event_type, e.schema_version, e.data, e.metadata
-    FROM cur, unnest($2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
+    SELECT e.event_id, $1, cur.v + e.n, e.event_type, e.schema_version,
+           e.data::jsonb, e.metadata::jsonb
+    FROM cur, dup, unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[])
          WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, n)
-    WHERE $7::bigint IS NULL OR cur.v = $7::bigint
+    WHERE dup.n = 0 AND ($7::bigint IS NULL OR cur.v = $7::bigint)
     ORDER BY e.n
     ON CONFLICT (event_id) DO NOTHING
     RETURNING stream_version
@@ -175,10 +181,24 @@ class PostgresEventStore(EventStore):
         return store
 
     async def migrate(self) -> None:
-        """Create the schema objects if missing; safe to run concurrently and repeatedly."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(schema_ddl(self.schema))
+        """Create or update the schema objects; safe to run concurrently and repeatedly.
+
+        The DDL's digest is kept as the schema's comment and nothing runs when it matches: a
+        (re)start then takes no table lock. (Re-creating the trigger would wait for every open
+        append, and make all later appends and reads queue behind it.)
+        """
+        ddl = schema_ddl(self.schema)
+        stamp = "projectionist event store " + hashlib.sha256(ddl.encode()).hexdigest()[:16]
+        current = "SELECT obj_description(to_regnamespace($1), 'pg_namespace')"
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval(current, self.schema) == stamp:
+                return
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                if await conn.fetchval(current, self.schema) == stamp:
+                    return
+                await conn.execute(ddl)
+                await conn.execute(f"COMMENT ON SCHEMA {quote_ident(self.schema)} IS '{stamp}'")
 
     async def check_not_restored(self) -> None:
         """Refuse to run on a log whose transaction ids come from another cluster."""
@@ -199,11 +219,7 @@ class PostgresEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: int | None,
     ) -> AppendResult:
-        validate_stream_id(stream_id, self.limits.max_stream_id_length)
-        if not events:
-            raise InvalidEvent(f"stream {stream_id!r}: nothing to append")
-        datas = [check_payload(stream_id, e, self.limits) for e in events]
-        metas = [json.dumps(e.metadata, ensure_ascii=False) for e in events]
+        encoded = check_batch(stream_id, events, self.limits)
         try:
             row = await conn.fetchrow(
                 self._sql.append,
@@ -211,11 +227,13 @@ class PostgresEventStore(EventStore):
                 [e.event_id for e in events],
                 [e.event_type for e in events],
                 [e.schema_version for e in events],
-                datas,
-                metas,
+                [data for data, _ in encoded],
+                [metadata for _, metadata in encoded],
                 expected_version,
             )
         except asyncpg.UniqueViolationError:
+            # A concurrent transaction committed this stream's next version first. This
+            # transaction is aborted and its connection may be the pool's last: ask elsewhere.
             actual = await self._version(stream_id)
             raise ConcurrencyError(stream_id, expected_version, actual) from None
         except asyncpg.PostgresError as exc:
@@ -237,21 +255,36 @@ class PostgresEventStore(EventStore):
         expected_version: int | None,
         row: asyncpg.Record,
     ) -> AppendResult:
-        """Nothing (or not all) was written: an idempotent re-append, or a conflict."""
-        found = await conn.fetch(self._sql.existing, [e.event_id for e in events])
-        if len(found) == len(events) and all(r["stream_id"] == stream_id for r in found):
-            return AppendResult(stream_id, max(r["stream_version"] for r in found), 0)
-        if found:
-            raise InvalidEvent(
-                f"stream {stream_id!r}: {len(found)} of these {len(events)} event ids were "
-                "already appended (to this or another stream); an event id may be appended "
-                "once, with the same batch"
-            )
-        raise ConcurrencyError(stream_id, expected_version, row["current"])
+        """Not all was written: an idempotent re-append, a reuse of event ids, or a conflict.
+
+        When some rows were written (another transaction was committing some of the same ids),
+        the error raised rolls this transaction back as it leaves :meth:`transaction`.
+        """
+        try:
+            found = await conn.fetch(self._sql.existing, [e.event_id for e in events])
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+        if row["written"] == 0:
+            if len(found) == len(events) and all(r["stream_id"] == stream_id for r in found):
+                return AppendResult(stream_id, max(r["stream_version"] for r in found), 0)
+            if not found:
+                raise ConcurrencyError(stream_id, expected_version, row["current"])
+        raise InvalidEvent(
+            f"stream {stream_id!r}: {len(found) - row['written']} of these {len(events)} event "
+            "ids were already appended (to this or another stream); an event id may be "
+            "appended once, with the same batch"
+        )
 
     async def _version(self, stream_id: str) -> int:
-        value = await self.pool.fetchval(self._sql.version, stream_id)
-        return int(value)
+        """The stream's committed version, read on a connection of its own (not the pool's)."""
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise translate_pg_error(exc, f"reading the version of stream {stream_id!r}") from None
+        try:
+            return int(await conn.fetchval(self._sql.version, stream_id))
+        finally:
+            await conn.close()
 
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
@@ -261,12 +294,38 @@ class PostgresEventStore(EventStore):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StreamAppender]:
-        async with self.pool.acquire() as conn:
+        """Appends on one connection, committed together when the block ends normally.
+
+        Whatever the block raises propagates unchanged after a rollback (an ``OSError`` of the
+        caller's own, such as ``TimeoutError``, is not a failed commit). Only a failure of the
+        COMMIT itself becomes :class:`~core.errors.AmbiguousCommit` or another core error.
+        """
+        try:
+            conn = await self.pool.acquire()
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            raise translate_pg_error(exc, "opening an append transaction") from None
+        try:
+            tx = conn.transaction()
             try:
-                async with conn.transaction():
-                    yield _PgAppender(self, conn)
+                await tx.start()
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+                raise translate_pg_error(exc, "opening an append transaction") from None
+            try:
+                yield _PgAppender(self, conn)
+            except BaseException:
+                # A lost connection cannot roll back, but then nothing was committed either.
+                with (
+                    anyio.move_on_after(10, shield=True),
+                    suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError),
+                ):
+                    await tx.rollback()
+                raise
+            try:
+                await tx.commit()
             except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
                 raise translate_pg_error(exc, "committing an append", in_commit=True) from None
+        finally:
+            await self.pool.release(conn)
 
     async def _fetch(self, what: str, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
@@ -314,6 +373,7 @@ class PostgresEventStore(EventStore):
         return float(rows[0][0])
 
     def _notified(self, *_: object) -> None:
+        self.notifications += 1
         self._signal.set()
         self._signal = anyio.Event()
 
@@ -326,10 +386,13 @@ class PostgresEventStore(EventStore):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             self._listener = None  # fall back to polling until the next call retries
 
-    async def wait_for_new(self, timeout: float) -> None:
-        """Return on a NOTIFY from a committed append, or after ``min(timeout, poll)``."""
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+        """Return on a NOTIFY from a committed append (or one since ``seen``), or after
+        ``min(timeout, poll_interval)``."""
         await self._ensure_listener()
         signal = self._signal
+        if seen is not None and self.notifications > seen:
+            return
         with anyio.move_on_after(min(timeout, self.poll_interval)):
             await signal.wait()
 

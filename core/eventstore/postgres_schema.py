@@ -59,4 +59,15 @@ CREATE TABLE IF NOT EXISTS {s}.dead_letters (
     parked_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT dead_letters_pk PRIMARY KEY (lane, event_id)
 );
+
+CREATE TABLE IF NOT EXISTS {s}.lane_status (
+    lane        text PRIMARY KEY,
+    state       text        NOT NULL,
+    owner       text        NOT NULL,
+    events      bigint      NOT NULL DEFAULT 0,
+    rate        double precision NOT NULL DEFAULT 0,
+    retries     bigint      NOT NULL DEFAULT 0,
+    last_error  text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
 """

@@ -1,0 +1,139 @@
+"""What only the Postgres store has: its schema, the jsonb encoding, its connection handling,
+the NOTIFY listener and its polling fallback."""
+
+from __future__ import annotations
+
+from time import monotonic
+
+import anyio
+import asyncpg
+import pytest
+
+from core.errors import ConcurrencyError, ConfigurationError, StoreUnavailable
+from core.eventstore import ANY, NO_STREAM
+from core.eventstore.postgres import PostgresEventStore
+from core.position import START
+from tests.eventstore.support import PgStoreFactory, event, events, read_until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+async def test_data_and_metadata_are_stored_as_json_objects(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection, namespace: str
+) -> None:
+    store = await pg_store_factory()
+    await store.append("json-1", [event(7, tags=["a"], price="12.50")], NO_STREAM)
+    row = await pg_conn.fetchrow(
+        f"SELECT jsonb_typeof(data) AS d, jsonb_typeof(metadata) AS m, data->>'price' AS p "
+        f'FROM "{namespace}".events'
+    )
+    assert row is not None
+    assert (row["d"], row["m"], row["p"]) == ("object", "object", "12.50")
+
+
+@pytest.mark.parametrize("expected", [NO_STREAM, ANY], ids=["no-stream", "any"])
+async def test_losing_a_race_raises_even_when_the_pool_is_exhausted(
+    pg_store_factory: PgStoreFactory, expected: int | None
+) -> None:
+    """The loser's transaction is aborted while it holds the pool's only connection; reading
+    the stream's actual version must not wait for that pool."""
+    winner = await pg_store_factory()
+    loser = await pg_store_factory(pool_size=1)
+    holding, release = anyio.Event(), anyio.Event()
+    outcome: list[ConcurrencyError] = []
+
+    async def win() -> None:
+        async with winner.transaction() as tx:
+            await tx.append("race-1", [event(1)], NO_STREAM)
+            holding.set()
+            await release.wait()
+
+    async def lose() -> None:
+        try:
+            await loser.append("race-1", [event(2)], expected)
+        except ConcurrencyError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(win)
+            await holding.wait()
+            tg.start_soon(lose)
+            await anyio.sleep(0.3)  # the loser now waits on the (stream, version) key
+            assert outcome == []
+            release.set()
+    assert [(e.stream_id, e.expected, e.actual) for e in outcome] == [("race-1", expected, 1)]
+    assert [e.data["n"] for e in await loser.read_stream("race-1")] == [1]
+
+
+async def test_schema_name_is_validated(postgres_dsn: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"event_store\.schema"):
+        await PostgresEventStore.connect(postgres_dsn, schema='x"; DROP TABLE y; --')
+
+
+async def test_unreachable_server_is_store_unavailable_without_the_password() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        await PostgresEventStore.connect(
+            "postgresql://app:s3cret-pw@127.0.0.1:1/nowhere", schema="nowhere"
+        )
+    assert "s3cret-pw" not in str(caught.value)
+
+
+async def test_migration_is_idempotent_and_safe_concurrently(
+    pg_store_factory: PgStoreFactory,
+) -> None:
+    async def start() -> None:
+        await pg_store_factory()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(start)
+    store = await pg_store_factory()
+    await store.migrate()
+    await store.append("mig-1", events(2), NO_STREAM)
+    await store.migrate()
+    assert len(await read_until(store, 2)) == 2
+
+
+async def test_a_changed_schema_is_migrated_at_the_next_start(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection, namespace: str
+) -> None:
+    """The DDL runs again when its stamp (the schema's comment) differs from the code's."""
+    await pg_store_factory()
+    await pg_conn.execute(f'DROP INDEX "{namespace}".events_position_idx')
+    await pg_store_factory()  # stamp unchanged: nothing runs
+    exists = f"SELECT to_regclass('\"{namespace}\".events_position_idx') IS NOT NULL"
+    assert await pg_conn.fetchval(exists) is False
+    await pg_conn.execute(f"COMMENT ON SCHEMA \"{namespace}\" IS 'from an older version'")
+    await pg_store_factory()
+    assert await pg_conn.fetchval(exists) is True
+
+
+async def test_wait_for_new_polls_when_the_listener_cannot_connect(
+    pg_store_factory: PgStoreFactory, namespace: str
+) -> None:
+    """No NOTIFY arrives (the listener's server is unreachable): the poll still wakes readers."""
+    store = await pg_store_factory()
+    deaf = PostgresEventStore(
+        store.pool, "postgresql://postgres@127.0.0.1:1/none", namespace, poll_interval=0.3
+    )
+    await store.append("poll-1", [event()], NO_STREAM)
+    started = monotonic()
+    await deaf.wait_for_new(30)
+    assert 0.25 < monotonic() - started < 5.0
+    assert len(await read_until(deaf, 1)) == 1
+
+
+async def test_starting_a_store_does_not_lock_out_open_writers(
+    pg_store_factory: PgStoreFactory, postgres_dsn: str, namespace: str
+) -> None:
+    """A runner (re)starting while an application transaction is appending must neither wait
+    for it nor make later appends and reads queue behind a table lock."""
+    store = await pg_store_factory()
+    async with store.transaction() as tx:
+        await tx.append("open-1", [event()], NO_STREAM)
+        with anyio.fail_after(5):
+            again = await PostgresEventStore.connect(postgres_dsn, schema=namespace)
+            await again.append("open-2", [event()], NO_STREAM)
+            await again.read(START, 10)
+            await again.close()
