@@ -51,7 +51,14 @@ class DeadLetter:
 
 
 class DeadLetterStore(ABC):
-    """Where lanes park events. ``park`` is idempotent by ``(lane, event_id)``."""
+    """Where lanes park events.
+
+    ``park`` is idempotent by ``(lane, event_id)``; parking an event marked ``retry`` parks it
+    again (the retry failed). ``clear`` (a rebuild) keeps ``skipped`` letters: an operator's
+    decision to skip an event outlives rebuilds. Statuses: ``parked`` (blocks its stream),
+    ``retry`` (released: applied again when its stream is next folded), ``resolved`` (a retry
+    succeeded), ``skipped`` (applied as ignored from then on).
+    """
 
     @abstractmethod
     async def park(self, letters: list[DeadLetter]) -> None: ...
@@ -79,7 +86,10 @@ class InMemoryDeadLetters(DeadLetterStore):
 
     async def park(self, letters: list[DeadLetter]) -> None:
         for letter in letters:
-            self.letters.setdefault((letter.lane, letter.event_id), letter)
+            key = (letter.lane, letter.event_id)
+            known = self.letters.get(key)
+            if known is None or known.status == "retry":
+                self.letters[key] = letter
 
     async def find(self, lane: str | None = None, status: str = "parked") -> list[DeadLetter]:
         found = [
@@ -99,5 +109,6 @@ class InMemoryDeadLetters(DeadLetterStore):
         return changed
 
     async def clear(self, lane: str) -> None:
-        for key in [k for k in self.letters if k[0] == lane]:
-            del self.letters[key]
+        for key, letter in list(self.letters.items()):
+            if key[0] == lane and letter.status != "skipped":
+                del self.letters[key]

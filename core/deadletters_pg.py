@@ -32,7 +32,8 @@ INSERT INTO {self.table} (lane, event_id, transaction_id, global_position, strea
                           stream_version, event_type, error, blocked_by, payload)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[],
                      $6::bigint[], $7::text[], $8::text[], $9::uuid[], $10::jsonb[])
-ON CONFLICT (lane, event_id) DO NOTHING"""
+ON CONFLICT (lane, event_id) DO UPDATE SET status = 'parked', error = excluded.error,
+    parked_at = now() WHERE dead_letters.status = 'retry'"""
         try:
             await self.pool.execute(
                 query,
@@ -90,6 +91,8 @@ ON CONFLICT (lane, event_id) DO NOTHING"""
 
     async def clear(self, lane: str) -> None:
         try:
-            await self.pool.execute(f"DELETE FROM {self.table} WHERE lane = $1", lane)
+            await self.pool.execute(
+                f"DELETE FROM {self.table} WHERE lane = $1 AND status <> 'skipped'", lane
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise translate_pg_error(exc, "clearing dead letters") from None

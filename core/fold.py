@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from core.deadletters import DeadLetter
 from core.errors import HandlerFailed, InvalidEvent, PermanentError
@@ -49,6 +50,7 @@ class Pending:
     docs: dict[str, DocState] = field(default_factory=dict)
     rows: dict[tuple[str, tuple[Any, ...]], Operation] = field(default_factory=dict)
     parked: list[DeadLetter] = field(default_factory=list)
+    resolved: list[UUID] = field(default_factory=list)
     started: float | None = None
     duplicates: int = 0
     ignored: int = 0
@@ -144,11 +146,13 @@ def apply_event(
     decoded: Any,
     lookups: dict[LookupKey, Any],
     pending: Pending,
+    skip: bool = False,
 ) -> str:
     """Apply one event to ``pending``; returns the outcome name.
 
-    Outcomes: ``applied``, ``ignored``, ``duplicate``. Raises :class:`EventFailed` for a
-    permanent failure, leaving ``pending`` as it was before the event.
+    Outcomes: ``applied``, ``ignored``, ``duplicate``. ``skip`` applies the event as ignored
+    (an operator skipped it: the document's version moves past it, nothing else changes).
+    Raises :class:`EventFailed` for a permanent failure, leaving ``pending`` as it was.
     """
     ctx = Context(envelope, lookups)
     if isinstance(projection, DocumentProjection):
@@ -157,9 +161,12 @@ def apply_event(
         if envelope.stream_version <= state.version:
             pending.duplicates += 1
             return "duplicate"
-        if isinstance(decoded, EventFailed):
+        if skip:
+            result: Any = IGNORED
+        elif isinstance(decoded, EventFailed):
             raise decoded
-        result = _call_handler(projection, envelope, (state.document, decoded, ctx))
+        else:
+            result = _call_handler(projection, envelope, (state.document, decoded, ctx))
         if result is IGNORED:
             pending.ignored += 1
             if state.document is not None:
@@ -181,6 +188,9 @@ def apply_event(
         pending.docs[key] = DocState(envelope.stream_version, result, True)
         return "applied"
     assert isinstance(projection, RowProjection)
+    if skip:
+        pending.ignored += 1
+        return "ignored"
     if isinstance(decoded, EventFailed):
         raise decoded
     result = _call_handler(projection, envelope, (decoded, ctx), rows=True)

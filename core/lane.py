@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from time import monotonic
 from typing import Any, Protocol
+from uuid import UUID
 
 import anyio
 
@@ -115,6 +116,8 @@ class Lane:
         self.halted_at: Position | None = None
         self.stats = LaneStats()
         self._blocked: dict[str, Any] = {}
+        self._skipped: set[UUID] = set()
+        self._retried: set[UUID] = set()
         self._flushed = anyio.Event()
         self._flush_now = False
         self._throttle = LogThrottle()
@@ -158,11 +161,14 @@ class Lane:
         self.checkpoint = await self._retrying(
             "reading the checkpoint", lambda: self.sink.read_checkpoint(self.target)
         )
-        blocked = await self._retrying(
-            "reading dead letters", lambda: self.dead_letters.find(self.name)
+        letters = await self._retrying(
+            "reading dead letters", lambda: self.dead_letters.find(self.name, "any")
         )
-        self._blocked = {d.stream_id: d.event_id for d in blocked}
-        self.stats.parked = len(blocked)
+        parked = [d for d in letters if d.status == "parked"]
+        self._blocked = {d.stream_id: d.event_id for d in parked}
+        self._skipped = {d.event_id for d in letters if d.status == "skipped"}
+        self._retried = {d.event_id for d in letters if d.status == "retry"}
+        self.stats.parked = len(parked)
         return Pending(position=self.checkpoint or START)
 
     async def run(self, *, until_caught_up: bool = False) -> None:
@@ -278,7 +284,11 @@ class Lane:
             self._park(envelope, pending, f"held behind parked event {self._blocked[key]}")
             return False
         try:
-            apply_event(self.projection, envelope, decoded.get(envelope.event_id), lookups, pending)
+            skip = envelope.event_id in self._skipped
+            decoded_event = decoded.get(envelope.event_id)
+            apply_event(self.projection, envelope, decoded_event, lookups, pending, skip)
+            if envelope.event_id in self._retried:
+                pending.resolved.append(envelope.event_id)
         except EventFailed as failed:
             self.stats.last_error = str(failed.cause)
             if self.policy is ErrorPolicy.HALT:
@@ -353,6 +363,13 @@ class Lane:
                 letters = list(pending.parked)
                 await self._retrying("parking events", lambda: self.dead_letters.park(letters))
             batch = await self._write_parking_rejected(batch, pending)
+            if pending.resolved:
+                done = list(pending.resolved)
+                await self._retrying(
+                    "resolving retried events",
+                    lambda: self.dead_letters.set_status(self.name, done, "resolved"),
+                )
+                self._retried.difference_update(done)
         self.checkpoint = batch.checkpoint
         self._flush_now = False
         self._record(pending, monotonic() - started)
@@ -451,7 +468,8 @@ class Lane:
         return False
 
     async def reset(self) -> None:
-        """Clear the read model, checkpoint and dead letters: a rebuild starts from nothing."""
+        """Clear the read model, checkpoint and dead letters (but for the skipped ones, which
+        stay skipped): a rebuild starts from nothing."""
         self.state = LaneState.REBUILDING
         await self._retrying("resetting the target", lambda: self.sink.reset(self.target))
         await self._retrying("clearing dead letters", lambda: self.dead_letters.clear(self.name))

@@ -212,3 +212,43 @@ async def test_batch_strategy_flushes_on_request_only() -> None:
                 await anyio.sleep(0.01)
         group.cancel_scope.cancel()
     assert sink.state(ln.target).live_documents() == oracle(await everything(store))
+
+
+async def test_skipped_dead_letter_is_applied_as_ignored_and_outlives_rebuilds() -> None:
+    store = InMemoryEventStore()
+    await store.append("tally-1", [opened(), NewEvent(event_type="Poison"), added(5)])
+    sink = InMemorySink()
+    ln = lane(store, sink, policy=ErrorPolicy.PARK)
+    await ln.run(until_caught_up=True)
+    parked = await ln.dead_letters.find(ln.name)
+    assert [d.event_type for d in parked] == ["Poison", "Added"]
+    assert sink.state(ln.target).live_documents()["tally-1"]["count"] == 0
+
+    # Retrying the poison parks it again: the handler still fails.
+    await ln.dead_letters.set_status(ln.name, [parked[0].event_id], "retry")
+    await ln.dead_letters.set_status(ln.name, [parked[1].event_id], "retry")
+    await store.append("tally-1", [added(1)])
+    again = lane(store, sink, policy=ErrorPolicy.PARK, dead_letters=ln.dead_letters)
+    await again.run(until_caught_up=True)
+    assert [d.status for d in await ln.dead_letters.find(ln.name, "any")] == [
+        "parked",
+        "parked",
+        "parked",
+    ]
+
+    # Skipping it lets the stream go on: the held events are applied, in order.
+    letters = await ln.dead_letters.find(ln.name)
+    await ln.dead_letters.set_status(ln.name, [letters[0].event_id], "skipped")
+    await ln.dead_letters.set_status(ln.name, [d.event_id for d in letters[1:]], "retry")
+    await store.append("tally-1", [added(10)])
+    third = lane(store, sink, policy=ErrorPolicy.PARK, dead_letters=ln.dead_letters)
+    await third.run(until_caught_up=True)
+    doc = sink.state(ln.target).live_documents()["tally-1"]
+    assert (doc["count"], doc["total"]) == (3, 16)
+    statuses = sorted(d.status for d in await ln.dead_letters.find(ln.name, "any"))
+    assert statuses == ["resolved", "resolved", "skipped"]
+
+    # A rebuild keeps the operator's decision.
+    runner = Runner(store, [third])
+    await runner.rebuild(third.name)
+    assert sink.state(ln.target).live_documents()["tally-1"] == doc
