@@ -48,6 +48,8 @@ class Pending:
     position: Position
     events: int = 0
     docs: dict[str, DocState] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    """Keys written since the last flush (a key's ``DocState.dirty`` has the final word)."""
     rows: dict[tuple[str, tuple[Any, ...]], Operation] = field(default_factory=dict)
     parked: list[DeadLetter] = field(default_factory=list)
     resolved: list[UUID] = field(default_factory=list)
@@ -58,7 +60,8 @@ class Pending:
 
     def operations(self) -> tuple[Operation, ...]:
         ops: list[Operation] = []
-        for key, state in self.docs.items():
+        for key in self.dirty:
+            state = self.docs[key]
             if not state.dirty:
                 continue
             if state.document is None:
@@ -69,11 +72,13 @@ class Pending:
         return tuple(ops)
 
     def flushed(self, keep_documents: int) -> Pending:
-        """The pending state right after a successful flush: a clean cache of what is stored."""
-        docs: dict[str, DocState] = {}
-        if len(self.docs) <= keep_documents:
-            docs = {k: DocState(s.version, s.document) for k, s in self.docs.items()}
-        return Pending(position=self.position, docs=docs)
+        """The pending state right after a successful flush: a clean cache of what is stored
+        (dropped whole when it holds more than ``keep_documents``)."""
+        if len(self.docs) > keep_documents:
+            return Pending(position=self.position)
+        for key in self.dirty:
+            self.docs[key].dirty = False
+        return Pending(position=self.position, docs=self.docs)
 
 
 class EventFailed(Exception):
@@ -171,11 +176,13 @@ def apply_event(
             pending.ignored += 1
             if state.document is not None:
                 pending.docs[key] = DocState(envelope.stream_version, state.document, True)
+                pending.dirty.add(key)
             else:
                 pending.docs[key] = DocState(envelope.stream_version, None, state.dirty)
             return "ignored"
         if result is DELETE:
             pending.docs[key] = DocState(envelope.stream_version, None, True)
+            pending.dirty.add(key)
             return "applied"
         if not isinstance(result, dict):
             raise EventFailed(
@@ -186,6 +193,7 @@ def apply_event(
                 ),
             )
         pending.docs[key] = DocState(envelope.stream_version, result, True)
+        pending.dirty.add(key)
         return "applied"
     assert isinstance(projection, RowProjection)
     if skip:

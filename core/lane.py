@@ -117,6 +117,7 @@ class Lane:
         self.stats = LaneStats()
         self._blocked: dict[str, Any] = {}
         self._skipped: set[UUID] = set()
+        self._in_doubt: Position | None = None
         self._retried: set[UUID] = set()
         self._flushed = anyio.Event()
         self._flush_now = False
@@ -178,8 +179,10 @@ class Lane:
         """
         pending = await self.start()
         self.state = LaneState.RUNNING
+        behind = True
         while True:
-            limit = min(self.strategy.read_size, self.strategy.max_batch - pending.events) or 1
+            threshold = self._threshold(behind)
+            limit = max(1, min(self.strategy.read_size, threshold - pending.events))
             seen = self.source.notifications
             events = await self._retrying(
                 "reading the log", partial(self.source.read, pending.position, limit)
@@ -194,7 +197,10 @@ class Lane:
                     self.state = LaneState.HALTED
                     return
             at_head = len(events) < limit
-            if self._due(pending) or (until_caught_up and at_head and self._unflushed(pending)):
+            behind = not at_head
+            if self._due(pending, behind) or (
+                until_caught_up and at_head and self._unflushed(pending)
+            ):
                 pending = await self._flush(pending)
             if at_head and not self._unflushed(pending):
                 if until_caught_up:
@@ -207,11 +213,20 @@ class Lane:
     def _unflushed(self, pending: Pending) -> bool:
         return pending.position != (self.checkpoint or START)
 
-    def _due(self, pending: Pending) -> bool:
+    def _threshold(self, behind: bool) -> int:
+        """Events per flush: larger while catching up, so a replay writes each document once
+        per many events instead of once per few (freshness at the head is unaffected)."""
+        if behind:
+            return max(self.strategy.max_batch, self.strategy.catch_up_batch)
+        return self.strategy.max_batch
+
+    def _due(self, pending: Pending, behind: bool) -> bool:
         if not self._unflushed(pending):
             return False
-        if self._flush_now or pending.events >= self.strategy.max_batch:
+        if self._flush_now or pending.events >= self._threshold(behind):
             return True
+        if behind:
+            return False
         started = pending.started if pending.started is not None else monotonic()
         return monotonic() - started >= self.strategy.max_delay
 
@@ -376,15 +391,29 @@ class Lane:
         return pending.flushed(self.document_cache)
 
     async def _write(self, batch: Batch) -> None:
+        """One attempt to write ``batch``; an ambiguous commit is resolved by the checkpoint.
+
+        A batch whose commit answer was lost stays "in doubt" until resolved: if the re-read
+        fails too, the retry may find the batch's own checkpoint already stored, which is the
+        batch having landed, not another runner.
+        """
         try:
             await self.sink.write(self.target, batch)
         except AmbiguousCommit:
+            self._in_doubt = batch.checkpoint
             found = await self.sink.read_checkpoint(self.target)
             if found == batch.checkpoint:
+                self._in_doubt = None
                 return  # it landed
             if found != batch.expected_checkpoint:
                 raise CheckpointConflict(self.name, batch.expected_checkpoint, found) from None
             raise  # it did not land: retry the same batch
+        except CheckpointConflict:
+            if self._in_doubt != batch.checkpoint:
+                raise
+            if await self.sink.read_checkpoint(self.target) != batch.checkpoint:
+                raise
+        self._in_doubt = None
 
     # -- documents the sink rejects for good (DocumentRejected) ----------------------------
 

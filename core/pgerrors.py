@@ -41,6 +41,8 @@ def translate_pg_error(
     login or a missing database a :class:`ConfigurationError`.
     """
     text = redact_text(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError):
+        return StoreUnavailable(text)  # a schema change invalidated a prepared statement
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         if state.startswith("28"):

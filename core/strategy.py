@@ -45,10 +45,19 @@ class Strategy(BaseModel):
     max_batch: int = Field(default=1_000, ge=1, le=1_000_000)
     max_delay: float = Field(default=0.0, ge=0.0, le=7 * 24 * 3600)
     read_size: int = Field(default=1_000, ge=1, le=100_000)
+    catch_up_batch: int = Field(default=20_000, ge=1, le=1_000_000)
+    """Events per flush while the lane is behind the head (a rebuild, a restart after a long
+    stop): bounded memory, few writes per document. At the head ``max_batch`` applies."""
 
     @classmethod
-    def immediate(cls, max_batch: int = 1_000) -> Strategy:
-        return cls(kind="immediate", max_batch=max_batch, max_delay=0.0, read_size=max_batch)
+    def immediate(cls, max_batch: int = 1_000, catch_up_batch: int = 20_000) -> Strategy:
+        return cls(
+            kind="immediate",
+            max_batch=max_batch,
+            max_delay=0.0,
+            read_size=max_batch,
+            catch_up_batch=catch_up_batch,
+        )
 
     @classmethod
     def near_real_time(cls, max_delay: float = 0.5, max_batch: int = 5_000) -> Strategy:

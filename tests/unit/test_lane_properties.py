@@ -85,7 +85,7 @@ async def test_lane_invariants_under_random_faults(steps: list[tuple[str, Any, A
             sink,
             store,
             lookups=StaticLookups(OWNERS),
-            strategy=Strategy.immediate(max_batch=batch),
+            strategy=Strategy.immediate(max_batch=batch, catch_up_batch=batch),
         )
 
     target = make_lane(1).target

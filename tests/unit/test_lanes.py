@@ -48,7 +48,7 @@ async def test_catch_up_equals_independent_fold() -> None:
     await fill(store)
     await store.append("tally-3", [NewEvent(event_type="Closed")])
     sink = InMemorySink()
-    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=7))
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=7, catch_up_batch=7))
     await ln.run(until_caught_up=True)
     assert sink.state(ln.target).live_documents() == oracle(await everything(store))
     assert ln.checkpoint == await store.head()
@@ -107,7 +107,7 @@ async def test_transient_failures_retry_to_success_without_doubling() -> None:
     store = InMemoryEventStore()
     await fill(store)
     sink = FlakySink(fail_before=[1, 2], fail_after_data=[4], ambiguous=[6])
-    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=10))
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=10, catch_up_batch=10))
     ln.backoff = type(ln.backoff)(base=0.001, cap=0.01)
     await ln.run(until_caught_up=True)
     assert sink.state(ln.target).live_documents() == oracle(await everything(store))
@@ -118,12 +118,12 @@ async def test_replayed_batches_change_nothing() -> None:
     store = InMemoryEventStore()
     await fill(store)
     sink = InMemorySink()
-    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=9))
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=9, catch_up_batch=9))
     await ln.run(until_caught_up=True)
     once = sink.state(ln.target).live_documents()
     # A crash that lost every checkpoint: the same sink sees the whole log again.
     sink.state(ln.target).checkpoint = None
-    again = lane(store, sink, strategy=Strategy.immediate(max_batch=13))
+    again = lane(store, sink, strategy=Strategy.immediate(max_batch=13, catch_up_batch=13))
     await again.run(until_caught_up=True)
     assert sink.state(ln.target).live_documents() == once
     assert again.stats.duplicates == len(
@@ -153,7 +153,7 @@ async def test_shutdown_mid_run_keeps_checkpoint_true() -> None:
     store = InMemoryEventStore()
     await fill(store, streams=50, adds=10)
     sink = InMemorySink()
-    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=5))
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=5, catch_up_batch=5))
     with anyio.move_on_after(0):
         await ln.run()
     async with anyio.create_task_group() as group:
@@ -164,7 +164,7 @@ async def test_shutdown_mid_run_keeps_checkpoint_true() -> None:
     cp = state.checkpoint
     upto = [e async for e in store.iterate(START) if cp is not None and e.position <= cp]
     assert state.live_documents() == oracle(upto)
-    resumed = lane(store, sink, strategy=Strategy.immediate(max_batch=50))
+    resumed = lane(store, sink, strategy=Strategy.immediate(max_batch=50, catch_up_batch=50))
     await resumed.run(until_caught_up=True)
     assert state.live_documents() == oracle(await everything(store))
 
@@ -252,3 +252,25 @@ async def test_skipped_dead_letter_is_applied_as_ignored_and_outlives_rebuilds()
     runner = Runner(store, [third])
     await runner.rebuild(third.name)
     assert sink.state(ln.target).live_documents()["tally-1"] == doc
+
+
+async def test_landed_commit_whose_answer_and_reread_are_lost_is_not_a_conflict() -> None:
+    from core.errors import StoreUnavailable
+
+    class LostAnswers(FlakySink):
+        reread_failures = 1
+
+        async def read_checkpoint(self, target: object) -> object:  # type: ignore[override]
+            if self.calls >= 2 and self.reread_failures:
+                self.reread_failures -= 1
+                raise StoreUnavailable("the re-read is lost too")
+            return await super().read_checkpoint(target)  # type: ignore[arg-type]
+
+    store = InMemoryEventStore()
+    await fill(store)
+    sink = LostAnswers(ambiguous=[2])
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=10, catch_up_batch=10))
+    ln.backoff = type(ln.backoff)(base=0.001, cap=0.01)
+    await ln.run(until_caught_up=True)
+    assert ln.state is LaneState.IDLE
+    assert sink.state(ln.target).live_documents() == oracle(await everything(store))

@@ -27,7 +27,7 @@ async def test_order_detail_equals_oracle() -> None:
         sink,
         store,
         lookups=StaticLookups(catalog.lookups()),
-        strategy=Strategy.immediate(max_batch=97),
+        strategy=Strategy.immediate(max_batch=97, catch_up_batch=97),
     )
     await lane.run(until_caught_up=True)
     everything = [e async for e in store.iterate(START)]

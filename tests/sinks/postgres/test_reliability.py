@@ -1,0 +1,205 @@
+"""Real faults against the Postgres sink: a backend killed inside the batch's transaction,
+two runners on one lane, and connections lost while COMMIT is in flight (landed or not)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import anyio
+import asyncpg
+import pytest
+
+from core.errors import AmbiguousCommit, StoreUnavailable
+from core.lane import Lane
+from core.operations import Batch, PutDocument
+from core.position import Position
+from core.retry import Backoff
+from core.runner import Runner
+from core.sink import Target
+from core.strategy import LaneState, Strategy
+from projections.orders import OrderSummary, PostgresCatalog
+from sinks.postgres import PostgresSink
+from sinks.postgres.encode import Rows
+from tests.sinks.postgres.conftest import PgEnv
+from tests.sinks.postgres.support import (
+    CommitFaultProxy,
+    fill_catalog,
+    load_history,
+    snapshot,
+    view_rows,
+)
+from tests.support.orders import expected_orders, make_catalog
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.reliability]
+
+FAST = Backoff(base=0.01, cap=0.05)
+
+
+class KillsItsBackend(PostgresSink):
+    """On the scheduled writes, terminates its own backend after the data statements and
+    before COMMIT: the process 'crashes' between write and checkpoint commit."""
+
+    def __init__(self, *args: Any, crash_on: set[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash_on = crash_on
+        self.calls = 0
+
+    async def _write_rows(self, conn: asyncpg.Connection, stm: Any, rows: Rows) -> None:
+        self.calls += 1
+        await super()._write_rows(conn, stm, rows)
+        if self.calls in self.crash_on:
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+class MeetsAtStart(PostgresSink):
+    """Two of these read the checkpoint, then wait for each other: both start from it."""
+
+    arrived = 0
+    both: anyio.Event | None = None
+
+    async def read_checkpoint(self, target: Target) -> Position | None:
+        found = await super().read_checkpoint(target)
+        cls = type(self)
+        cls.arrived += 1
+        assert cls.both is not None
+        if cls.arrived == 2:
+            cls.both.set()
+        with anyio.fail_after(10):
+            await cls.both.wait()
+        return found
+
+
+async def history(pg: PgEnv, orders: int) -> tuple[list[Any], dict[str, Any], PostgresCatalog]:
+    catalog = make_catalog()
+    await fill_catalog(pg.store.pool, pg.schema, catalog)
+    events = await load_history(pg.store, orders, catalog)
+    return events, expected_orders(events, catalog), PostgresCatalog(pg.store.pool, pg.schema)
+
+
+def summary_lane(pg: PgEnv, sink: PostgresSink, lookups: PostgresCatalog, batch: int) -> Lane:
+    lane = Lane(
+        OrderSummary(),
+        sink,
+        pg.store,
+        lookups=lookups,
+        strategy=Strategy.immediate(max_batch=batch, catch_up_batch=batch),
+        backoff=FAST,
+    )
+    return lane
+
+
+async def assert_converged(pg: PgEnv, sink: PostgresSink, lane: Lane, expected: Any) -> None:
+    assert lane.checkpoint == await pg.store.head()
+    assert await sink.read_checkpoint(lane.target) == lane.checkpoint
+    rows = await view_rows(sink.pool, pg.schema, "order_summary")
+    assert {k: r["document"] for k, r in rows.items()} == expected
+
+
+async def test_backend_killed_inside_the_transaction_writes_nothing(pg: PgEnv) -> None:
+    target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
+    doc = {
+        "id": "o1",
+        "customer_id": "c1",
+        "status": "pending",
+        "total_amount": "1.00",
+        "item_count": 1,
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "updated_at": "2025-01-01T00:00:00+00:00",
+    }
+    async with KillsItsBackend(pg.settings, crash_on={2}) as sink:
+        await sink.prepare(target)
+        first = Batch("l", (PutDocument("o1", 1, doc),), None, Position(1, 1))
+        await sink.write(target, first)
+        before = await snapshot(sink.pool, pg.schema, "order_summary_g1")
+        second = Batch(
+            "l",
+            (PutDocument("o1", 2, {**doc, "status": "completed"}), PutDocument("o2", 1, doc)),
+            Position(1, 1),
+            Position(2, 1),
+        )
+        with pytest.raises(StoreUnavailable, match="terminating connection"):
+            await sink.write(target, second)
+        assert await snapshot(sink.pool, pg.schema, "order_summary_g1") == before
+        assert await sink.read_checkpoint(target) == Position(1, 1)
+        await sink.write(target, second)  # the retry lands once
+        stored = await sink.load(target, ["o1", "o2"])
+        assert {k: (v.version, v.document and v.document["status"]) for k, v in stored.items()} == {
+            "o1": (2, "completed"),
+            "o2": (1, "pending"),
+        }
+
+
+async def test_lane_converges_after_crashes_inside_transactions(pg: PgEnv) -> None:
+    _, expected, lookups = await history(pg, 300)
+    async with KillsItsBackend(pg.settings, crash_on={2, 3, 7}) as sink:
+        lane = summary_lane(pg, sink, lookups, batch=100)
+        with anyio.fail_after(60):
+            await lane.run(until_caught_up=True)
+        assert lane.stats.retries == 3
+        await assert_converged(pg, sink, lane, expected)
+
+
+async def test_two_runners_on_one_lane_exactly_one_advances(pg: PgEnv) -> None:
+    _, expected, lookups = await history(pg, 300)
+    MeetsAtStart.arrived, MeetsAtStart.both = 0, anyio.Event()
+    async with MeetsAtStart(pg.settings) as one, MeetsAtStart(pg.settings) as two:
+        lanes = [summary_lane(pg, s, lookups, batch=50) for s in (one, two)]
+        assert lanes[0].name == lanes[1].name  # the same lane, twice
+        runners = [Runner(pg.store, [lane]) for lane in lanes]
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for runner in runners:
+                    group.start_soon(partial(runner.run, until_caught_up=True))
+        states = sorted(lane.state for lane in lanes)
+        assert states == sorted([LaneState.HALTED, LaneState.IDLE])
+        halted = next(lane for lane in lanes if lane.state is LaneState.HALTED)
+        winner = next(lane for lane in lanes if lane.state is LaneState.IDLE)
+        assert "another runner owns this lane" in (halted.stats.last_error or "")
+        assert halted.stats.batches == 0  # it never advanced
+        await assert_converged(pg, winner.sink, winner, expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("lost", ["before", "after"])
+async def test_connection_lost_during_commit_is_resolved_by_the_checkpoint(
+    pg: PgEnv, lost: Literal["before", "after"]
+) -> None:
+    _, expected, lookups = await history(pg, 200)
+    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn) as sink:
+        lane = summary_lane(pg, sink, lookups, batch=150)
+        proxy.arm(lost, skip=1)  # the first COMMIT is the lane's prepare: spare it
+        with anyio.fail_after(60):
+            await lane.run(until_caught_up=True)
+        assert proxy.tripped == 1
+        # Landed: the re-read checkpoint says so, nothing is retried. Lost: one retry.
+        assert lane.stats.retries == (0 if lost == "after" else 1)
+        await assert_converged(pg, sink, lane, expected)
+
+
+async def test_landed_commit_whose_answer_and_reread_are_lost_is_not_a_conflict(
+    pg: PgEnv,
+) -> None:
+    """The COMMIT lands, its answer is lost, and the database refuses the lane's re-read: the
+    lane retries the batch, and the sink recognises its own landed commit (not another
+    runner's) instead of halting the lane with a checkpoint conflict."""
+    _, expected, lookups = await history(pg, 200)
+    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn) as sink:
+        lane = summary_lane(pg, sink, lookups, batch=150)
+        proxy.arm("after", skip=1, refuse=2)
+        with anyio.fail_after(60):
+            await lane.run(until_caught_up=True)
+        assert proxy.tripped == 1 and proxy.refused == 2
+        assert lane.state is not LaneState.HALTED
+        await assert_converged(pg, sink, lane, expected)
+
+
+async def test_lost_commit_answer_surfaces_as_ambiguous_commit(pg: PgEnv) -> None:
+    target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
+    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn) as sink:
+        await sink.prepare(target)
+        for lost, landed in (("after", Position(1, 1)), ("before", None)):
+            await sink.reset(target)
+            proxy.arm(lost)  # type: ignore[arg-type]
+            with pytest.raises(AmbiguousCommit, match="COMMIT"):
+                await sink.write(target, Batch("l", (), None, Position(1, 1)))
+            assert await sink.read_checkpoint(target) == landed
