@@ -33,8 +33,8 @@ __all__ = ("app",)
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 dead_letters_app = typer.Typer(no_args_is_help=True, help="Inspect, retry or skip parked events.")
 app.add_typer(dead_letters_app, name="dead-letters")
-console = Console()
-err = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 log = logging.getLogger("projectionist.cli")
 T = TypeVar("T")
 
@@ -222,6 +222,22 @@ def flush(lane: str) -> None:
         console.print(f"flush requested for {lane}")
 
     _main(go)
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option("--orders", min=1, max=1_000_000)] = 3_000,
+) -> None:
+    """The orders demo: fill, append, catch up, ask every read model, show status."""
+    from core.demo import run_demo
+
+    async def go(settings: Settings) -> int:
+        _, report = await run_demo(settings, orders, console)
+        _print_status(report)
+        behind = [s.lane for s in report.lanes if s.lag_events]
+        return 1 if behind else 0
+
+    raise typer.Exit(_main(go))
 
 
 @dead_letters_app.command("list")

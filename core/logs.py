@@ -34,4 +34,6 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    for chatty in ("elastic_transport", "elasticsearch", "asyncio"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     root._projectionist = True  # type: ignore[attr-defined]

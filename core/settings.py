@@ -65,7 +65,9 @@ DEFAULT_SINKS: dict[str, SinkSettings] = {
 DEFAULT_LANES: list[LaneSettings] = [
     LaneSettings(projection="projections.orders:OrderSummary", sink="postgres"),
     LaneSettings(projection="projections.orders:OrderDetail", sink="postgres"),
-    LaneSettings(projection="projections.orders:OrderCache", sink="redis"),
+    LaneSettings(
+        projection="projections.orders:OrderCache", sink="redis", options={"key_prefix": "order"}
+    ),
     LaneSettings(
         projection="projections.orders:OrderSearch",
         sink="elasticsearch",

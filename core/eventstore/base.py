@@ -135,6 +135,11 @@ class EventStore(ABC):
     @abstractmethod
     async def wait_for_new(self, timeout: float, seen: int | None = None) -> None: ...
 
+    async def settle(self, timeout: float) -> bool:
+        """Wait until every transaction that committed before this call is behind the fence
+        (its events readable); False after ``timeout``. For read-your-writes across writers."""
+        return True
+
     async def iterate(self, after: Position, page: int = 1000) -> AsyncIterator[EventEnvelope]:
         """Every readable event after ``after``, page by page, until the current head."""
         while True:

@@ -372,6 +372,22 @@ class PostgresEventStore(EventStore):
         )
         return float(rows[0][0])
 
+    async def settle(self, timeout: float) -> bool:
+        rows = await self._fetch(
+            "reading the snapshot", "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        )
+        target = int(rows[0][0])
+        with anyio.move_on_after(timeout):
+            while True:
+                rows = await self._fetch(
+                    "reading the fence",
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                )
+                if int(rows[0][0]) >= target:
+                    return True
+                await anyio.sleep(0.05)
+        return False
+
     def _notified(self, *_: object) -> None:
         self.notifications += 1
         self._signal.set()

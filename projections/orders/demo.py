@@ -32,16 +32,16 @@ LIMIT 5
 
 REVENUE_PER_DAY_SQL = """
 SELECT CAST(created_at AS DATE) AS day, count(*) AS orders, sum(total_amount) AS revenue
-FROM orders
+FROM order_analytics
 WHERE status = 'completed'
 GROUP BY day
 ORDER BY day
 """
-"""Revenue of completed orders per day, as the dashboard asks DuckDB (orders view)."""
+"""Revenue of completed orders per day, as the dashboard asks DuckDB (order_analytics view)."""
 
 TOP_CATEGORIES_SQL = """
 SELECT l.category, sum(l.subtotal) AS revenue, sum(l.quantity) AS units
-FROM order_lines AS l JOIN orders AS o ON o.id = l.id
+FROM order_lines AS l JOIN order_analytics AS o ON o.id = l.id
 WHERE o.status = 'completed'
 GROUP BY l.category
 ORDER BY revenue DESC, l.category
