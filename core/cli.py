@@ -34,7 +34,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 dead_letters_app = typer.Typer(no_args_is_help=True, help="Inspect, retry or skip parked events.")
 app.add_typer(dead_letters_app, name="dead-letters")
 console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("projectionist.cli")
 T = TypeVar("T")
 

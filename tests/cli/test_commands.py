@@ -1,0 +1,151 @@
+"""The CLI as a user meets it: one-line errors with exit code 2 for bad configuration, and
+the commands against the real services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.status import StatusReport
+
+BIN = Path(sys.executable).with_name("projectionist")
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTIONIST_")}
+    return subprocess.run(
+        [str(BIN), *args],
+        env={**base, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_missing_dsn_names_the_variable(tmp_path: Path) -> None:
+    line = one_line_error(cli("status", cwd=tmp_path))
+    assert "PROJECTIONIST_POSTGRES_DSN" in line
+
+
+def test_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
+    dsn = "postgresql://someone:s3cret-pw@127.0.0.1:1/db"
+    line = one_line_error(cli("status", env={"PROJECTIONIST_POSTGRES_DSN": dsn}, cwd=tmp_path))
+    assert "cannot reach" in line
+    assert "s3cret-pw" not in line
+
+
+def test_bad_strategy_names_field_value_and_choices(tmp_path: Path) -> None:
+    (tmp_path / "projectionist.toml").write_text(
+        '[[lanes]]\nprojection = "projections.orders:OrderSummary"\nsink = "postgres"\n'
+        'strategy = { kind = "sometimes" }\n'
+    )
+    env = {"PROJECTIONIST_POSTGRES_DSN": "postgresql://u:hidden-pw@127.0.0.1:1/db"}
+    line = one_line_error(cli("status", env=env, cwd=tmp_path))
+    assert "lanes.0.strategy.kind" in line
+    assert "sometimes" in line
+    assert "immediate" in line
+    assert "hidden-pw" not in line
+
+
+def test_unknown_projection_is_refused_before_any_connection(tmp_path: Path) -> None:
+    (tmp_path / "projectionist.toml").write_text(
+        '[[lanes]]\nprojection = "projections.orders:Nope"\nsink = "postgres"\n'
+    )
+    env = {"PROJECTIONIST_POSTGRES_DSN": "postgresql://u:p@127.0.0.1:1/db"}
+    line = one_line_error(cli("status", env=env, cwd=tmp_path))
+    assert "projections.orders:Nope" in line
+    assert "has no 'Nope'" in line
+
+
+@pytest.mark.postgres
+def test_wrong_password_is_refused_without_showing_it(postgres_dsn: str, tmp_path: Path) -> None:
+    wrong = postgres_dsn.replace("projectionist:projectionist@", "projectionist:Wr0ng-pw@")
+    if wrong == postgres_dsn:
+        pytest.skip("the DSN has no password to get wrong")
+    line = one_line_error(cli("status", env={"PROJECTIONIST_POSTGRES_DSN": wrong}, cwd=tmp_path))
+    assert "authentication failed" in line
+    assert "Wr0ng-pw" not in line
+
+
+def _config(tmp_path: Path, namespace: str) -> Path:
+    path = tmp_path / "projectionist.toml"
+    path.write_text(
+        f'event_store_schema = "{namespace}"\nread_model_schema = "{namespace}_rm"\n'
+        'lookups = "projections.orders:catalog_lookups"\n'
+        '[[lanes]]\nprojection = "projections.orders:OrderSummary"\nsink = "postgres"\n'
+        'policy = "park"\n'
+    )
+    return path
+
+
+@pytest.mark.postgres
+def test_run_status_dead_letters_flush_and_rebuild(
+    postgres_dsn: str, tmp_path: Path, namespace: str
+) -> None:
+    import anyio
+
+    from core.eventstore.postgres import PostgresEventStore
+    from projections.orders.demo import append_history, seed_catalog
+    from projections.orders.history import make_catalog
+
+    async def fill() -> None:
+        store = await PostgresEventStore.connect(postgres_dsn, schema=namespace)
+        try:
+            catalog = make_catalog()
+            await seed_catalog(store.pool, catalog)
+            await append_history(store, 40, writers=2, catalog=catalog)
+            await store.append(
+                "order-missing-customer",
+                [
+                    __import__("core.events", fromlist=["NewEvent"]).NewEvent(
+                        event_type="OrderCreated", data={"customer_id": "nobody"}
+                    )
+                ],
+            )
+            await store.settle(30)
+        finally:
+            await store.close()
+
+    anyio.run(fill)
+    _config(tmp_path, namespace)
+    env = {"PROJECTIONIST_POSTGRES_DSN": postgres_dsn}
+    ran = cli("run", "--until-caught-up", env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+
+    status = cli("status", "--json", env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    report = StatusReport.model_validate_json(status.stdout)
+    (lane,) = report.lanes
+    assert lane.lane == "order_summary@postgres"
+    assert lane.lag_events == 0
+    assert lane.parked == 1
+    assert "projectionist:" not in status.stdout.replace("projectionist:projectionist", "")
+
+    listed = cli("dead-letters", "list", env=env, cwd=tmp_path)
+    assert listed.returncode == 0
+    assert "order-missing-customer" in listed.stdout
+
+    bad_lane = one_line_error(cli("rebuild", "nope@postgres", env=env, cwd=tmp_path))
+    assert "known lanes: order_summary@postgres" in bad_lane
+    assert cli("flush", "order_summary@postgres", env=env, cwd=tmp_path).returncode == 0
+
+    rebuilt = cli("rebuild", "order_summary@postgres", env=env, cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    after = StatusReport.model_validate_json(cli("status", "--json", env=env, cwd=tmp_path).stdout)
+    assert after.lanes[0].lag_events == 0
+    assert after.lanes[0].parked == 1
