@@ -22,7 +22,7 @@ sink boundary, so nothing above a sink ever sees a driver type::
         └── DocumentRejected           the store refused one document (mapping, size)
 
 Messages name the lane, the position and the fix where there is one. Secrets never appear in
-them: sinks render DSNs through :func:`core.settings.redact` before any message is built.
+them: sinks render DSNs through :func:`core.redact.redact_url` before any message is built.
 """
 
 from __future__ import annotations
@@ -110,9 +110,23 @@ class CheckpointConflict(PermanentError):
 
     def __init__(self, lane: str, expected: object, found: object) -> None:
         self.lane = lane
+        self.expected = expected
+        self.found = found
+        went_back = (found is None and expected is not None) or (
+            isinstance(found, tuple) and isinstance(expected, tuple) and found < expected
+        )
+        if went_back:
+            why = (
+                "the store's checkpoint went back (data restored from a backup, or lost by the "
+                "store): restart the lane and it replays from the stored checkpoint"
+            )
+        else:
+            why = (
+                "another runner owns this lane. Stop one of them (or use leases when running "
+                "several)"
+            )
         super().__init__(
-            f"lane {lane!r}: checkpoint expected at {expected} but found at {found}; another "
-            "runner owns this lane. Stop one of them (or use leases when running several)."
+            f"lane {lane!r}: checkpoint expected at {expected} but found at {found}; {why}."
         )
 
 

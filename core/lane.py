@@ -216,9 +216,10 @@ class Lane:
     def _threshold(self, behind: bool) -> int:
         """Events per flush: larger while catching up, so a replay writes each document once
         per many events instead of once per few (freshness at the head is unaffected)."""
+        events = self.strategy.max_batch
         if behind:
-            return max(self.strategy.max_batch, self.strategy.catch_up_batch)
-        return self.strategy.max_batch
+            events = max(events, self.strategy.catch_up_batch)
+        return min(events, self.sink.capabilities.max_batch_operations)
 
     def _due(self, pending: Pending, behind: bool) -> bool:
         if not self._unflushed(pending):
