@@ -71,7 +71,11 @@ DEFAULT_LANES: list[LaneSettings] = [
     LaneSettings(
         projection="projections.orders:OrderSearch",
         sink="elasticsearch",
-        strategy=Strategy.near_real_time(max_delay=0.5),
+        strategy=Strategy.near_real_time(max_delay=0.2),
+        options={
+            "refresh_interval": "500ms",
+            "text_subfields": ["customer_email", "items.category"],
+        },
     ),
     LaneSettings(
         projection="projections.orders:OrderAnalytics",

@@ -60,9 +60,24 @@ class Strategy(BaseModel):
         )
 
     @classmethod
-    def near_real_time(cls, max_delay: float = 0.5, max_batch: int = 5_000) -> Strategy:
-        return cls(kind="near_real_time", max_batch=max_batch, max_delay=max_delay)
+    def near_real_time(
+        cls, max_delay: float = 0.5, max_batch: int = 5_000, catch_up_batch: int = 20_000
+    ) -> Strategy:
+        return cls(
+            kind="near_real_time",
+            max_batch=max_batch,
+            max_delay=max_delay,
+            catch_up_batch=catch_up_batch,
+        )
 
     @classmethod
-    def batch(cls, interval: float = 3600.0, max_batch: int = 200_000) -> Strategy:
-        return cls(kind="batch", max_batch=max_batch, max_delay=interval, read_size=5_000)
+    def batch(
+        cls, interval: float = 3600.0, max_batch: int = 200_000, catch_up_batch: int = 20_000
+    ) -> Strategy:
+        return cls(
+            kind="batch",
+            max_batch=max_batch,
+            max_delay=interval,
+            read_size=5_000,
+            catch_up_batch=catch_up_batch,
+        )

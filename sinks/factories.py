@@ -25,7 +25,8 @@ def _validated(model: Any, sink: str, values: dict[str, Any]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        shown = "***" if any(s in field for s in ("url", "dsn", "password", "key")) else first.get("input")
+        secret = any(s in field for s in ("url", "dsn", "password", "key"))
+        shown = "***" if secret else first.get("input")
         raise ConfigurationError(f"sinks.{sink}.options.{field}", shown, first["msg"]) from None
 
 
@@ -37,14 +38,14 @@ def _need(value: Any, sink: str, variable: str) -> Any:
 
 def postgres(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
     """Read models in the event store's database unless ``options.dsn`` names another."""
-    from sinks.postgres import PostgresSink, PostgresSinkSettings  # noqa: PLC0415
+    from sinks.postgres import PostgresSink, PostgresSinkSettings
 
     values = {"dsn": settings.postgres_dsn, "schema": settings.read_model_schema, **options}
     return PostgresSink(_validated(PostgresSinkSettings, name, values), name=name)
 
 
 def elasticsearch(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
-    from sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings  # noqa: PLC0415
+    from sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings
 
     url = _need(settings.elasticsearch_url, name, "PROJECTIONIST_ELASTICSEARCH_URL")
     values = {"url": url, **options}
@@ -52,7 +53,7 @@ def elasticsearch(name: str, settings: Settings, options: dict[str, Any]) -> Sin
 
 
 def redis(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
-    from sinks.redis import RedisSink, RedisSinkSettings  # noqa: PLC0415
+    from sinks.redis import RedisSink, RedisSinkSettings
 
     url = _need(settings.redis_url, name, "PROJECTIONIST_REDIS_URL")
     values = {"url": url, **options}
@@ -60,7 +61,7 @@ def redis(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
 
 
 def duckdb(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
-    from sinks.duckdb import DuckDBSink, DuckDBSinkSettings  # noqa: PLC0415
+    from sinks.duckdb import DuckDBSink, DuckDBSinkSettings
 
     path = _need(settings.duckdb_path, name, "PROJECTIONIST_DUCKDB_PATH")
     values = {"path": path, **options}

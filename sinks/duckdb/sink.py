@@ -1,0 +1,380 @@
+"""The DuckDB sink: documents and their child rows in one file, written in one transaction with
+the lane's checkpoint, and published as immutable snapshots that dashboards read.
+
+Threading: the duckdb driver blocks, so every call runs in a worker thread through
+``anyio.to_thread.run_sync`` with a one-slot :class:`anyio.CapacityLimiter` owned by the sink:
+one sink instance per file, shared by every lane on that file, one statement at a time.
+
+Ownership: the sink takes an exclusive ``flock`` on ``<file>.lock`` (holding its pid and host)
+before it opens the working file, and keeps the file open until :meth:`close`. A second runner
+on the same file fails at once with :class:`~sinks.duckdb.errors.FileInUse`. Readers never open
+the working file: after every commit the sink publishes a snapshot (see
+:mod:`sinks.duckdb.snapshots`), and dashboards open it read-only (:mod:`sinks.duckdb.reader`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import monotonic
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import duckdb
+import pyarrow as pa
+
+from core.errors import (
+    CheckpointConflict,
+    ConfigurationError,
+    ProjectionistError,
+    StoreUnavailable,
+    TransientError,
+)
+from core.naming import quote_ident
+from core.operations import Batch
+from core.position import Position
+from core.sink import Sink, SinkCapabilities, StoredDocument, Target
+from sinks.duckdb.config import DuckDBSinkSettings
+from sinks.duckdb.encode import Encoded, chunks, dedupe
+from sinks.duckdb.errors import FileInUse, translate_duckdb_error
+from sinks.duckdb.layout import Layout
+from sinks.duckdb.migrate import ensure_tables, set_live, user_views
+from sinks.duckdb.schema import SYSTEM_DDL, TableSet, table_set
+from sinks.duckdb.snapshots import clean_leftovers, publish
+
+__all__ = ("DuckDBSink", "PublishStats")
+
+log = logging.getLogger("projectionist.sink.duckdb")
+T = TypeVar("T")
+
+_READ_CHECKPOINT = (
+    "SELECT transaction_id, global_position FROM projectionist_checkpoints "
+    "WHERE lane = ? AND generation = ?"
+)
+_WRITE_CHECKPOINT = (
+    "INSERT INTO projectionist_checkpoints VALUES (?, ?, ?, ?, now()) "
+    "ON CONFLICT (lane, generation) DO UPDATE SET transaction_id = excluded.transaction_id, "
+    "global_position = excluded.global_position, updated_at = excluded.updated_at"
+)
+
+
+def _checkpoint(con: duckdb.DuckDBPyConnection, lane: str, generation: int) -> Position | None:
+    rows = con.execute(_READ_CHECKPOINT, [lane, generation]).fetchall()
+    return Position(int(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+@dataclass
+class PublishStats:
+    """How snapshot publishing went, for ``describe()`` and the benchmark."""
+
+    published: int = 0
+    total_seconds: float = 0.0
+    last_seconds: float = 0.0
+    max_seconds: float = 0.0
+    current: str | None = None
+    error: str | None = None
+
+
+class DuckDBSink(Sink):
+    """Writes document projections into one DuckDB file; see the module docstring."""
+
+    kind = "duckdb"
+    capabilities = SinkCapabilities(
+        transactional_checkpoint=True,
+        max_batch_operations=1_000_000,
+        supports_rows=False,
+        blocking_driver=True,
+    )
+
+    def __init__(self, settings: DuckDBSinkSettings, name: str | None = None) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.layout = Layout(settings.path)
+        self.publishing = PublishStats()
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._lock_fd: int | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._sequence = 0
+
+    # -- the worker-thread slot ----------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    @contextlib.contextmanager
+    def _mapped(self, what: str, *, in_commit: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except (duckdb.Error, OSError) as exc:
+            error = translate_duckdb_error(exc, what, self.layout.working, in_commit=in_commit)
+            if isinstance(error, TransientError):
+                self._drop_connection()
+            raise error from None
+
+    # -- owning the file -----------------------------------------------------------------
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        try:
+            self.layout.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as exc:
+            raise ConfigurationError(
+                "duckdb.path", str(self.layout.working), f"not writable by this user: {exc}"
+            ) from None
+        except OSError as exc:
+            raise StoreUnavailable(f"creating {self.layout.lock}: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise FileInUse(self.layout.working, holder or "a process starting up") from None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreUnavailable(f"locking {self.layout.lock}: {exc}") from None
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is not None:
+            return self._con
+        self._lock()
+        config: dict[str, Any] = {}
+        if self.settings.threads is not None:
+            config["threads"] = self.settings.threads
+        if self.settings.memory_limit is not None:
+            config["memory_limit"] = self.settings.memory_limit
+        with self._mapped("opening the working file"):
+            con = duckdb.connect(str(self.layout.working), config=config)
+        self._con = con
+        with self._mapped("creating the checkpoint tables"):
+            con.execute(SYSTEM_DDL)
+            clean_leftovers(self.layout)
+        return con
+
+    def _drop_connection(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def _close(self) -> None:
+        self._drop_connection()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+    async def open(self) -> None:
+        """Take the file: lock it, open it, publish a first snapshot. Fails fast if taken."""
+
+        def run() -> None:
+            self._connection()
+            self._publish_quietly()
+
+        await self._run(run)
+
+    async def close(self) -> None:
+        await self._run(self._close)
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        if not self.settings.publish_snapshots:
+            return
+        con = self._connection()
+        if self._sequence == 0:
+            self._sequence = max((n for n, _ in self.layout.snapshots()), default=0)
+        started = monotonic()
+        with self._mapped("publishing a snapshot"):
+            path = publish(con, self.layout, self._sequence + 1, self.settings.keep_snapshots)
+        self._sequence += 1
+        stats = self.publishing
+        stats.published += 1
+        stats.last_seconds = monotonic() - started
+        stats.total_seconds += stats.last_seconds
+        stats.max_seconds = max(stats.max_seconds, stats.last_seconds)
+        stats.current, stats.error = str(path), None
+
+    def _publish_quietly(self) -> None:
+        """Publish; a failure is logged and retried after the next write, never raised:
+        the data and checkpoint are committed, so the batch must not be retried for it."""
+        try:
+            self._publish()
+        except ProjectionistError as exc:
+            self.publishing.error = str(exc)
+            log.warning(
+                "sink %s: snapshot not published (readers see the previous one): %s", self.name, exc
+            )
+
+    async def publish(self) -> None:
+        """Publish a snapshot now (raises if it fails)."""
+        await self._run(self._publish)
+
+    # -- the contract --------------------------------------------------------------------
+
+    async def prepare(self, target: Target) -> None:
+        tables = table_set(target)
+        views = user_views(target)
+
+        def run() -> None:
+            con = self._connection()
+            with self._mapped(f"preparing {tables.table}"), self._transaction(con):
+                ensure_tables(con, tables)
+                set_live(con, tables, views, promote=False)
+            self._publish_quietly()
+
+        await self._run(run)
+
+    async def promote(self, target: Target) -> None:
+        """Make ``target.generation`` the one the views show (after a rebuild)."""
+        tables = table_set(target)
+        views = user_views(target)
+
+        def run() -> None:
+            con = self._connection()
+            with self._mapped(f"promoting {tables.table}"), self._transaction(con):
+                set_live(con, tables, views, promote=True)
+            self._publish_quietly()
+
+        await self._run(run)
+
+    async def read_checkpoint(self, target: Target) -> Position | None:
+        def run() -> Position | None:
+            con = self._connection()
+            with self._mapped(f"reading the checkpoint of lane {target.lane!r}"):
+                return _checkpoint(con, target.lane, target.generation)
+
+        return await self._run(run)
+
+    async def load(self, target: Target, keys: Sequence[str]) -> dict[str, StoredDocument]:
+        tables = table_set(target)
+        if not keys:
+            return {}
+
+        def run() -> dict[str, StoredDocument]:
+            con = self._connection()
+            wanted = pa.table({"key": pa.array(list(keys), type=pa.string())})
+            with self._mapped(f"loading {len(keys)} documents from {tables.table}"):
+                con.register("projectionist_keys", wanted)
+                try:
+                    rows = con.execute(
+                        f"SELECT key, version, deleted, document FROM {quote_ident(tables.table)} "
+                        "WHERE key IN (SELECT key FROM projectionist_keys)"
+                    ).fetchall()
+                finally:
+                    con.unregister("projectionist_keys")
+            return {
+                key: StoredDocument(int(version), None if deleted else json.loads(document))
+                for key, version, deleted, document in rows
+            }
+
+        return await self._run(run)
+
+    async def write(self, target: Target, batch: Batch) -> None:
+        tables = table_set(target)
+        ops = dedupe(batch.operations)
+
+        def run() -> None:
+            con = self._connection()
+            what = f"writing lane {batch.lane!r} up to {batch.checkpoint}"
+            with self._mapped(what), self._transaction(con, commit=False):
+                found = _checkpoint(con, batch.lane, target.generation)
+                if found != batch.expected_checkpoint:
+                    raise CheckpointConflict(batch.lane, batch.expected_checkpoint, found)
+                for chunk in chunks(ops, self.settings.chunk_rows):
+                    self._apply(con, tables, Encoded.of(tables, chunk))
+                con.execute("DROP TABLE IF EXISTS temp.projectionist_winners")
+                position = [batch.lane, target.generation, *batch.checkpoint]
+                con.execute(_WRITE_CHECKPOINT, position)
+            with self._mapped(what + " (COMMIT)", in_commit=True):
+                con.execute("COMMIT")
+            self._publish_quietly()
+
+        await self._run(run)
+
+    @staticmethod
+    def _apply(con: duckdb.DuckDBPyConnection, tables: TableSet, encoded: Encoded) -> None:
+        """One chunk: find the keys whose stored version is older, replace their child rows
+        and upsert their documents (the upsert re-checks the version)."""
+        con.register("projectionist_batch", encoded.documents)
+        try:
+            con.execute(tables.winners_sql("projectionist_batch"))
+            for child in tables.children:
+                delete, insert = child.replace_sql("projectionist_children")
+                con.execute(delete)
+                con.register("projectionist_children", encoded.children[child.table])
+                try:
+                    con.execute(insert)
+                finally:
+                    con.unregister("projectionist_children")
+            con.execute(tables.upsert_sql("projectionist_batch"))
+        finally:
+            con.unregister("projectionist_batch")
+
+    async def reset(self, target: Target) -> None:
+        tables = table_set(target)
+
+        def run() -> None:
+            con = self._connection()
+            with self._mapped(f"resetting {tables.table}"), self._transaction(con):
+                present = {
+                    r[0]
+                    for r in con.execute(
+                        "SELECT table_name FROM duckdb_tables() WHERE database_name = "
+                        "current_database() AND schema_name = 'main'"
+                    ).fetchall()
+                }
+                for name in [tables.table, *(c.table for c in tables.children)]:
+                    if name in present:
+                        con.execute(f"DELETE FROM {quote_ident(name)}")
+                con.execute(
+                    "DELETE FROM projectionist_checkpoints WHERE lane = ? AND generation = ?",
+                    [target.lane, target.generation],
+                )
+            self._publish_quietly()
+
+        await self._run(run)
+
+    @contextlib.contextmanager
+    def _transaction(
+        self, con: duckdb.DuckDBPyConnection, *, commit: bool = True
+    ) -> Iterator[None]:
+        """BEGIN; on any error ROLLBACK and re-raise; COMMIT at the end when ``commit``."""
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        if commit:
+            con.execute("COMMIT")
+
+    async def describe(self) -> dict[str, Any]:
+        p = self.publishing
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "path": str(self.layout.working),
+            "dashboards_open": str(self.layout.current),
+            "current_snapshot": p.current,
+            "snapshots_published": p.published,
+            "last_publish_seconds": round(p.last_seconds, 4),
+            "max_publish_seconds": round(p.max_seconds, 4),
+            "publish_error": p.error,
+            "duckdb": duckdb.__version__,
+        }

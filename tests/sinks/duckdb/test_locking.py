@@ -1,0 +1,117 @@
+"""One runner per working file: a second one fails fast naming the first; a foreign process
+holding the file is a transient error the lane rides out; the lock dies with its process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from core.errors import StoreUnavailable
+from core.eventstore import InMemoryEventStore
+from core.lane import Lane
+from core.lookups import StaticLookups
+from core.strategy import Strategy
+from projections.orders import OrderAnalytics
+from sinks.duckdb import FileInUse
+from tests.sinks.duckdb.conftest import SinkFactory
+from tests.sinks.duckdb.support import append_history
+from tests.support.orders import Catalog, order_history
+
+pytestmark = [pytest.mark.anyio, pytest.mark.duckdb]
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SECOND_RUNNER = """
+import sys, time, anyio
+from pathlib import Path
+from sinks.duckdb import DuckDBSink, DuckDBSinkSettings, FileInUse
+sink = DuckDBSink(DuckDBSinkSettings(path=Path(sys.argv[1])))
+started = time.monotonic()
+try:
+    anyio.run(sink.open)
+except FileInUse as exc:
+    print(f"{time.monotonic() - started:.3f}")
+    print(exc)
+    sys.exit(3)
+"""
+
+HOLDER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_second_runner_process_fails_fast_naming_the_first(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    first = make_sink()
+    await first.open()
+    proc = python(SECOND_RUNNER, str(db_path))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    took, message = out.split("\n", 1)
+    assert float(took) < 0.5
+    assert f"pid {os.getpid()}" in message
+    assert str(db_path) in message
+    assert "another runner holds this file" in message
+
+
+async def test_second_sink_in_the_same_process_fails_and_the_lock_is_released_on_close(
+    make_sink: SinkFactory,
+) -> None:
+    first = make_sink()
+    await first.open()
+    with pytest.raises(FileInUse, match=f"pid {os.getpid()}"):
+        await make_sink().open()
+    await first.close()
+    again = make_sink()
+    await again.open()
+    assert (await again.describe())["current_snapshot"] is not None
+
+
+async def test_foreign_process_on_the_working_file_is_transient_and_ridden_out(
+    make_sink: SinkFactory, db_path: Path, catalog: Catalog
+) -> None:
+    holder = python(HOLDER, str(db_path), "1.5")
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        sink = make_sink()
+        with pytest.raises(StoreUnavailable, match=rf"open in another process.*pid {holder.pid}"):
+            await sink.open()
+        store = InMemoryEventStore()
+        await append_history(store, order_history(30, catalog))
+        lane = Lane(
+            OrderAnalytics(),
+            sink,
+            store,
+            lookups=StaticLookups(catalog.lookups()),
+            strategy=Strategy.batch(3600),
+        )
+        started = time.monotonic()
+        with anyio.fail_after(30):
+            await lane.run(until_caught_up=True)
+        assert lane.stats.retries >= 1
+        assert time.monotonic() - started >= 0.5
+        assert lane.checkpoint == await store.head()
+    finally:
+        holder.kill()
+        holder.communicate()

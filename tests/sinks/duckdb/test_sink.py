@@ -1,0 +1,308 @@
+"""The DuckDB sink's contract on a real file: round trips, the version guard, tombstones,
+checkpoint compare-and-set with rollback, rejected documents, schema evolution, generations."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import duckdb
+import pytest
+
+from core.errors import CheckpointConflict, ConfigurationError, DocumentRejected
+from core.operations import Batch, DeleteDocument, PutDocument, UpsertRow
+from core.position import Position
+from core.schema import ChildTable, DocumentSchema, Field, FieldType
+from core.sink import StoredDocument, Target
+from sinks.duckdb import open_current
+from tests.sinks.duckdb.conftest import SinkFactory
+from tests.sinks.duckdb.support import checkpoint_of, dump
+
+pytestmark = [pytest.mark.anyio, pytest.mark.duckdb]
+
+T = FieldType
+PARTS = ChildTable(
+    name="parts",
+    source="parts",
+    fields=(Field(name="sku", type=T.KEYWORD, nullable=False), Field(name="qty", type=T.INTEGER)),
+    key_fields=("sku",),
+)
+THINGS = DocumentSchema(
+    fields=(
+        Field(name="id", type=T.KEYWORD, nullable=False),
+        Field(name="label", type=T.TEXT),
+        Field(name="price", type=T.DECIMAL),
+        Field(name="at", type=T.TIMESTAMP),
+        Field(name="day", type=T.DATE),
+        Field(name="n", type=T.INTEGER),
+        Field(name="ok", type=T.BOOLEAN),
+        Field(name="meta", type=T.JSON),
+    ),
+    children=(PARTS,),
+)
+LANE = "things@duckdb"
+
+
+def target(schema: DocumentSchema = THINGS, generation: int = 1, **options: Any) -> Target:
+    return Target(LANE, "things", schema, generation, options)
+
+
+def thing(key: str, n: int, parts: int = 2) -> dict[str, Any]:
+    return {
+        "id": key,
+        "label": f"Ding ü {n} ✓",
+        "price": f"{n}.50",
+        "at": "2025-03-01T10:00:00+00:00",
+        "day": "2025-03-01",
+        "n": n,
+        "ok": n % 2 == 0,
+        "meta": {"nested": [1, {"a": None}], "n": n},
+        "parts": [{"sku": f"s{i}", "qty": i + n} for i in range(parts)],
+        "extra": {"kept": "only in the document", "float": 0.1},
+    }
+
+
+def batch(ops: list[Any], expected: Position | None, to: Position) -> Batch:
+    return Batch(LANE, tuple(ops), expected, to)
+
+
+def rows(sink_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = open_current(sink_path)
+    try:
+        return [tuple(r) for r in con.execute(sql).fetchall()]
+    finally:
+        con.close()
+
+
+async def test_round_trip_returns_equal_documents(make_sink: SinkFactory, db_path: Path) -> None:
+    sink = make_sink()
+    await sink.prepare(target())
+    docs = {f"k{i}": thing(f"k{i}", i) for i in range(5)}
+    ops = [PutDocument(k, 3, d) for k, d in docs.items()]
+    await sink.write(target(), batch(ops, None, Position(10, 1)))
+    loaded = await sink.load(target(), [*docs, "missing"])
+    assert loaded == {k: StoredDocument(3, d) for k, d in docs.items()}
+    assert await sink.read_checkpoint(target()) == Position(10, 1)
+    assert rows(db_path, "SELECT id, price, n, ok, day::VARCHAR FROM things ORDER BY id")[0] == (
+        "k0",
+        Decimal("0.5"),
+        0,
+        True,
+        "2025-03-01",
+    )
+    assert rows(db_path, "SELECT count(*), sum(qty) FROM parts") == [(10, 25)]
+
+
+async def test_version_guard_and_tombstones(make_sink: SinkFactory, db_path: Path) -> None:
+    sink = make_sink()
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([PutDocument("a", 2, thing("a", 2, parts=3))], None, Position(1, 1)))
+    older = [PutDocument("a", 1, thing("a", 1, parts=1)), PutDocument("a", 2, thing("a", 9))]
+    await sink.write(t, batch(older, Position(1, 1), Position(1, 2)))
+    assert (await sink.load(t, ["a"]))["a"] == StoredDocument(2, thing("a", 2, parts=3))
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(3,)]
+    await sink.write(t, batch([DeleteDocument("a", 3)], Position(1, 2), Position(1, 3)))
+    assert (await sink.load(t, ["a"]))["a"] == StoredDocument(3, None)
+    assert rows(db_path, "SELECT count(*) FROM things") == [(0,)]
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(0,)]
+    assert rows(db_path, "SELECT key, version, deleted FROM things_g1") == [("a", 3, True)]
+    late = [PutDocument("a", 3, thing("a", 3)), DeleteDocument("a", 2)]
+    await sink.write(t, batch(late, Position(1, 3), Position(1, 4)))
+    assert (await sink.load(t, ["a"]))["a"] == StoredDocument(3, None)
+    await sink.write(t, batch([PutDocument("a", 4, thing("a", 4))], Position(1, 4), Position(1, 5)))
+    assert (await sink.load(t, ["a"]))["a"] == StoredDocument(4, thing("a", 4))
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(2,)]
+
+
+async def test_duplicate_keys_in_one_batch_keep_the_newest(make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    await sink.prepare(target())
+    ops = [PutDocument("a", 5, thing("a", 5)), PutDocument("a", 7, thing("a", 7))]
+    ops.append(PutDocument("a", 6, thing("a", 6)))
+    await sink.write(target(), batch(ops, None, Position(1, 1)))
+    assert (await sink.load(target(), ["a"]))["a"] == StoredDocument(7, thing("a", 7))
+
+
+async def test_checkpoint_conflict_rolls_back_the_data(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = make_sink()
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], None, Position(5, 5)))
+    stray = [PutDocument("a", 2, thing("a", 2)), PutDocument("b", 1, thing("b", 1))]
+    with pytest.raises(CheckpointConflict, match="5/5"):
+        await sink.write(t, batch(stray, Position(4, 4), Position(6, 6)))
+    with pytest.raises(CheckpointConflict):
+        await sink.write(t, batch(stray, None, Position(6, 6)))
+    assert await sink.read_checkpoint(t) == Position(5, 5)
+    assert await sink.load(t, ["a", "b"]) == {"a": StoredDocument(1, thing("a", 1))}
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"price": "1.0000000001"}, "price"),
+        ({"price": "abc"}, "price"),
+        ({"id": None}, "id"),
+        ({"at": "yesterday"}, "at"),
+        ({"n": 1 << 64}, "n"),
+        ({"ok": "yes"}, "ok"),
+        ({"parts": [{"sku": "x"}, {"sku": "x"}]}, "same sku"),
+        ({"parts": [{"qty": 1}]}, r"parts\[0\]: field 'sku'"),
+        ({"parts": [{"sku": "y", "qty": 1.5}]}, "qty"),
+        ({"meta": {1, 2}}, "not JSON"),
+    ],
+)
+async def test_rejected_document_names_key_and_field_and_rolls_back(
+    make_sink: SinkFactory, change: dict[str, Any], field: str
+) -> None:
+    sink = make_sink(chunk_rows=2)
+    t = target()
+    await sink.prepare(t)
+    good = [PutDocument(f"g{i}", 1, thing(f"g{i}", i)) for i in range(5)]
+    bad = PutDocument("bad", 1, {**thing("bad", 1), **change})
+    with pytest.raises(DocumentRejected, match=f"'bad'.*{field}"):
+        await sink.write(t, batch([*good, bad], None, Position(1, 1)))
+    assert await sink.read_checkpoint(t) is None
+    assert await sink.load(t, ["g0", "g4", "bad"]) == {}
+
+
+async def test_row_operations_are_refused(make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    await sink.prepare(target())
+    op = UpsertRow("t", ("k",), 1, {"a": 1})
+    with pytest.raises(ConfigurationError, match="row projections"):
+        await sink.write(target(), batch([op], None, Position(1, 1)))
+
+
+async def test_reserved_and_colliding_names_are_refused(make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    reserved = DocumentSchema(fields=(Field(name="version", type=T.INTEGER),))
+    with pytest.raises(ConfigurationError, match="version"):
+        await sink.prepare(target(reserved))
+    child = ChildTable(name="c", source="c", fields=(Field(name="id", type=T.TEXT),), key_fields=())
+    with pytest.raises(ConfigurationError, match="parent key"):
+        await sink.prepare(target(DocumentSchema(fields=THINGS.fields, children=(child,))))
+
+
+async def test_additive_schema_change_is_applied_and_others_refused(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = make_sink()
+    small = DocumentSchema(fields=THINGS.fields[:3], children=(PARTS,))
+    await sink.prepare(target(small))
+    await sink.write(
+        target(small), batch([PutDocument("a", 1, thing("a", 1))], None, Position(1, 1))
+    )
+    await sink.prepare(target())
+    assert rows(db_path, "SELECT id, n FROM things") == [("a", None)]
+    await sink.write(
+        target(), batch([PutDocument("a", 2, thing("a", 2))], Position(1, 1), Position(1, 2))
+    )
+    assert rows(db_path, 'SELECT id, n, "at" FROM things')[0][:2] == ("a", 2)
+    retyped = DocumentSchema(
+        fields=(*THINGS.fields[:-1], Field(name="meta", type=T.TEXT)), children=(PARTS,)
+    )
+    with pytest.raises(ConfigurationError, match=r"meta.*generation"):
+        await sink.prepare(target(retyped))
+    with pytest.raises(ConfigurationError, match="removed field"):
+        await sink.prepare(target(small))
+
+
+async def test_generations_are_separate_and_promote_swaps_the_views(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = make_sink()
+    g1, g2 = target(generation=1), target(generation=2)
+    await sink.prepare(g1)
+    await sink.write(g1, batch([PutDocument("old", 1, thing("old", 1))], None, Position(1, 1)))
+    await sink.prepare(g2)
+    await sink.write(g2, batch([PutDocument("new", 1, thing("new", 1))], None, Position(2, 2)))
+    assert rows(db_path, "SELECT id FROM things") == [("old",)]
+    assert await sink.read_checkpoint(g1) == Position(1, 1)
+    assert await sink.read_checkpoint(g2) == Position(2, 2)
+    await sink.promote(g2)
+    assert rows(db_path, "SELECT id FROM things") == [("new",)]
+    assert rows(db_path, "SELECT DISTINCT id FROM parts") == [("new",)]
+    await sink.prepare(g1)  # an old runner preparing gen 1 does not swap the views back
+    assert rows(db_path, "SELECT id FROM things") == [("new",)]
+
+
+async def test_reset_clears_data_and_checkpoint(make_sink: SinkFactory, db_path: Path) -> None:
+    sink = make_sink()
+    await sink.prepare(target())
+    await sink.write(target(), batch([PutDocument("a", 1, thing("a", 1))], None, Position(1, 1)))
+    await sink.reset(target())
+    assert await sink.read_checkpoint(target()) is None
+    assert await sink.load(target(), ["a"]) == {}
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(0,)]
+
+
+async def test_big_batch_in_chunks_is_one_transaction_and_keeps_the_loop_free(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = make_sink(chunk_rows=1_000)
+    await sink.prepare(target())
+    ops = [PutDocument(f"k{i:05d}", 1, thing(f"k{i:05d}", i, parts=3)) for i in range(20_000)]
+    gaps: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await anyio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        started = time.monotonic()
+        await sink.write(target(), batch(ops, None, Position(1, 1)))
+        took = time.monotonic() - started
+        done.set()
+    assert rows(db_path, "SELECT count(*), sum(n) FROM things") == [(20_000, sum(range(20_000)))]
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(60_000,)]
+    assert len(gaps) > 10, f"the event loop did not run during a {took:.2f}s write"
+    assert max(gaps) < max(0.5, took / 4), (max(gaps), took)
+    bad = [*ops[:5_000], PutDocument("zz", 2, {**thing("zz", 1), "n": "x"})]
+    with pytest.raises(DocumentRejected):
+        await sink.write(target(), batch(bad, Position(1, 1), Position(1, 2)))
+    assert await sink.read_checkpoint(target()) == Position(1, 1)
+
+
+async def test_views_option_installs_extra_views(make_sink: SinkFactory, db_path: Path) -> None:
+    sink = make_sink()
+    t = target(views={"big_things": "SELECT id FROM things WHERE n > 2"})
+    await sink.prepare(t)
+    ops = [PutDocument(f"k{i}", 1, thing(f"k{i}", i)) for i in range(5)]
+    await sink.write(t, batch(ops, None, Position(1, 1)))
+    assert rows(db_path, "SELECT id FROM big_things ORDER BY id") == [("k3",), ("k4",)]
+    broken = target(views={"broken": "SELECT nope FROM nowhere"})
+    with pytest.raises(ConfigurationError, match=r"views\.broken"):
+        await sink.prepare(broken)
+
+
+async def test_working_file_after_close_matches_the_snapshot(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = make_sink()
+    await sink.prepare(target())
+    ops = [PutDocument(f"k{i}", 1, thing(f"k{i}", i)) for i in range(50)]
+    await sink.write(target(), batch(ops, None, Position(3, 3)))
+    snapshot = open_current(db_path)
+    published = dump(snapshot, "things_g1", "parts_g1", "projectionist_checkpoints")
+    snapshot.close()
+    await sink.close()
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        assert dump(con, "things_g1", "parts_g1", "projectionist_checkpoints") == published
+        assert checkpoint_of(con, LANE) == Position(3, 3)
+    finally:
+        con.close()

@@ -1,0 +1,262 @@
+"""The sink contract against the real cluster: round trips, version guard, tombstones,
+checkpoint compare-and-set, managed mappings, bounded requests, item retries, secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from core.errors import (
+    CheckpointConflict,
+    ConfigurationError,
+    DocumentRejected,
+    StoreUnavailable,
+)
+from core.operations import Batch, DeleteDocument, PutDocument, UpsertRow
+from core.position import Position
+from core.schema import DocumentSchema, Field, FieldType
+from core.sink import StoredDocument, Target
+from projections.orders import OrderSearch
+from sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings, count, search
+from tests.sinks.elasticsearch.support import SEARCH_OPTIONS
+
+pytestmark = [pytest.mark.anyio, pytest.mark.elasticsearch]
+
+P = Position
+
+
+def order(n: int, **over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": f"order-{n}",
+        "customer_id": "c1",
+        "customer_name": "Ada Lovelace",
+        "customer_email": "ada@example.com",
+        "status": "pending",
+        "items": [
+            {
+                "product_id": "p1",
+                "product_name": "red kettle 1",
+                "category": "kitchen",
+                "quantity": 2,
+                "unit_price": "12.50",
+                "subtotal": "25.00",
+            }
+        ],
+        "total_amount": "25.00",
+        "item_count": 2,
+        "shipping_address": {"city": "Oslo", "zip": "0150"},
+        "created_at": "2025-01-02T03:04:05.123456+00:00",
+        "updated_at": "2025-01-02T03:04:05.123456+00:00",
+        "completed_at": None,
+        "cancelled_at": None,
+        "cancel_reason": None,
+    }
+    doc.update(over)
+    return doc
+
+
+def target(lane: str = "search@es", generation: int = 1, **options: Any) -> Target:
+    return Target(
+        lane=lane,
+        projection="order_search",
+        schema=OrderSearch.schema,
+        generation=generation,
+        options={**SEARCH_OPTIONS, **options},
+    )
+
+
+def batch(
+    ops: list[Any], expected: Position | None, checkpoint: Position, lane: str = "search@es"
+) -> Batch:
+    return Batch(lane, tuple(ops), expected, checkpoint, events=len(ops))
+
+
+async def test_round_trip_keeps_the_document_exactly(sink: ElasticsearchSink) -> None:
+    t = target()
+    await sink.prepare(t)
+    assert await sink.read_checkpoint(t) is None
+    doc = order(1)
+    await sink.write(t, batch([PutDocument("order-1", 3, doc)], None, P(10, 1)))
+    loaded = await sink.load(t, ["order-1", "order-404"])
+    assert loaded == {"order-1": StoredDocument(3, doc)}
+    assert isinstance(loaded["order-1"].document["total_amount"], str)  # type: ignore[index]
+    assert await sink.read_checkpoint(t) == P(10, 1)
+
+
+async def test_version_guard_and_tombstones(sink: ElasticsearchSink) -> None:
+    t = target()
+    await sink.prepare(t)
+    alias = sink.alias("order_search")
+    await sink.write(t, batch([PutDocument("order-1", 2, order(1))], None, P(1, 1)))
+    # an older version arrives late: nothing changes
+    older = order(1, status="stale")
+    await sink.write(t, batch([PutDocument("order-1", 1, older)], P(1, 1), P(1, 2)))
+    assert (await sink.load(t, ["order-1"]))["order-1"] == StoredDocument(2, order(1))
+    # delete at version 3 keeps a tombstone with that version
+    await sink.write(t, batch([DeleteDocument("order-1", 3)], P(1, 2), P(1, 3)))
+    assert (await sink.load(t, ["order-1"]))["order-1"] == StoredDocument(3, None)
+    # a late replay of version 2 cannot resurrect it
+    await sink.write(t, batch([PutDocument("order-1", 2, order(1))], P(1, 3), P(1, 4)))
+    assert (await sink.load(t, ["order-1"]))["order-1"] == StoredDocument(3, None)
+    await sink.cluster.client.indices.refresh(index=sink.index(t))
+    assert await count(sink, alias) == 0
+    assert (await search(sink, alias, text="ada", fields=["customer_name"])).total == 0
+    raw = await sink.cluster.client.count(index=sink.index(t))
+    assert raw["count"] == 1  # the tombstone is there, only hidden by the alias
+
+
+async def test_checkpoint_compare_and_set(
+    es_settings: ElasticsearchSinkSettings, sink: ElasticsearchSink
+) -> None:
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([], None, P(5, 5)))
+    async with ElasticsearchSink(es_settings) as other:
+        assert await other.read_checkpoint(t) == P(5, 5)
+        await other.write(t, batch([PutDocument("order-2", 1, order(2))], P(5, 5), P(6, 6)))
+    # this sink last saw 5/5: the stale writer is refused, whatever it believes
+    with pytest.raises(CheckpointConflict):
+        await sink.write(t, batch([], P(5, 5), P(7, 7)))
+    with pytest.raises(CheckpointConflict):
+        await sink.write(t, batch([], None, P(7, 7)))
+    assert await sink.read_checkpoint(t) == P(6, 6)
+    # a batch whose checkpoint already landed (its answer was lost) is written again harmlessly
+    async with ElasticsearchSink(es_settings) as again:
+        await again.write(t, batch([PutDocument("order-2", 1, order(2))], P(5, 5), P(6, 6)))
+        assert again.last_report.already_applied == 1
+    assert await sink.read_checkpoint(t) == P(6, 6)
+    # generations have their own checkpoints
+    g2 = target(generation=2)
+    await sink.prepare(g2)
+    assert await sink.read_checkpoint(g2) is None
+
+
+async def test_rejected_document_after_its_neighbours(sink: ElasticsearchSink) -> None:
+    t = target()
+    await sink.prepare(t)
+    ops = [
+        PutDocument("order-1", 1, order(1)),
+        PutDocument("order-2", 1, order(2, item_count="many")),
+        PutDocument("order-3", 1, order(3)),
+    ]
+    with pytest.raises(DocumentRejected) as caught:
+        await sink.write(t, batch(ops, None, P(1, 3)))
+    assert caught.value.key == "order-2"
+    assert "item_count" in caught.value.reason
+    assert await sink.read_checkpoint(t) is None  # not moved
+    loaded = await sink.load(t, ["order-1", "order-2", "order-3"])
+    assert sorted(loaded) == ["order-1", "order-3"]
+    # unknown fields are refused too (dynamic: strict), but only if the schema maps them
+    extra = order(4)
+    extra["items"][0]["colour"] = "red"  # not a mapped child field: kept in _doc only
+    await sink.write(t, batch([PutDocument("order-4", 1, extra)], None, P(1, 4)))
+    assert (await sink.load(t, ["order-4"]))["order-4"].document == extra
+
+
+async def test_rows_are_refused(sink: ElasticsearchSink) -> None:
+    t = target()
+    await sink.prepare(t)
+    with pytest.raises(Exception, match="rows"):
+        await sink.write(t, batch([UpsertRow("x", ("a",), 1, {})], None, P(1, 1)))
+
+
+async def test_requests_bounded_by_documents_and_bytes(
+    es_settings: ElasticsearchSinkSettings, raw: AsyncElasticsearch
+) -> None:
+    settings = es_settings.model_copy(update={"bulk_max_docs": 7, "bulk_max_bytes": 4096})
+    async with ElasticsearchSink(settings) as sink:
+        t = target()
+        await sink.prepare(t)
+        ops = [PutDocument(f"order-{n}", 1, order(n)) for n in range(50)]
+        await sink.write(t, batch(ops, None, P(1, 1)))
+        report = sink.last_report
+        assert report.applied == 50
+        assert report.requests >= 50 * 900 // 4096  # about 900 bytes a document
+        assert report.requests >= 8
+        await sink.write(t, batch(ops, P(1, 1), P(1, 2)))
+        assert sink.last_report.already_applied == 50
+
+
+async def test_items_answered_429_are_retried(
+    es_settings: ElasticsearchSinkSettings, raw: AsyncElasticsearch
+) -> None:
+    """A read-only-allow-delete block makes the index answer each item 429 (as at the disk
+    flood stage); the sink retries the items and goes on once the block is lifted."""
+    settings = es_settings.model_copy(update={"item_retries": 50, "item_backoff": 0.05})
+    async with ElasticsearchSink(settings) as sink:
+        t = target()
+        await sink.prepare(t)
+        index = sink.index(t)
+        block = {"index.blocks.read_only_allow_delete": True}
+        await raw.indices.put_settings(index=index, settings=block)
+        ops = [PutDocument(f"order-{n}", 1, order(n)) for n in range(5)]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sink.write, t, batch(ops, None, P(1, 1)))
+            await anyio.sleep(0.6)
+            assert await sink.read_checkpoint(t) is None
+            unblock = {"index.blocks.read_only_allow_delete": None}
+            await raw.indices.put_settings(index=index, settings=unblock)
+        assert sink.last_report.retried >= 5
+        assert sink.last_report.applied == 5
+        assert await sink.read_checkpoint(t) == P(1, 1)
+        # with few retries the write fails transiently and the checkpoint stays
+        await raw.indices.put_settings(index=index, settings=block)
+        impatient = settings.model_copy(update={"item_retries": 1})
+        async with ElasticsearchSink(impatient) as short:
+            more = [PutDocument("order-9", 1, order(9))]
+            with pytest.raises(StoreUnavailable, match="429"):
+                await short.write(t, batch(more, P(1, 1), P(1, 2)))
+            assert await short.read_checkpoint(t) == P(1, 1)
+        await raw.indices.put_settings(index=index, settings=unblock)
+
+
+async def test_mapping_changes_additive_only(sink: ElasticsearchSink) -> None:
+    base = DocumentSchema(fields=(Field(name="id", type=FieldType.KEYWORD),))
+    t = Target(lane="m@es", projection="things", schema=base)
+    await sink.prepare(t)
+    added = DocumentSchema(
+        fields=(*base.fields, Field(name="label", type=FieldType.TEXT)),
+    )
+    t2 = Target(lane="m@es2", projection="things", schema=added)
+    await sink.prepare(t2)  # an added field is accepted
+    await sink.write(t2, batch([PutDocument("a", 1, {"id": "a", "label": "x"})], None, P(1, 1)))
+    changed = DocumentSchema(fields=(Field(name="id", type=FieldType.INTEGER),))
+    t3 = Target(lane="m@es3", projection="things", schema=changed)
+    with pytest.raises(ConfigurationError, match="generation 2"):
+        await sink.prepare(t3)
+    with pytest.raises(ConfigurationError, match="text_subfields"):
+        await sink.prepare(
+            Target(lane="m@es4", projection="x", schema=base, options={"text_subfields": ["nope"]})
+        )
+
+
+async def test_secrets_never_appear(elasticsearch_url: str) -> None:
+    key, password = "k3y-s3cret-value", "pa55-s3cret"
+    settings = ElasticsearchSinkSettings(
+        url="http://127.0.0.1:1", username="elastic", password=password, request_timeout=2
+    )
+    assert password not in repr(settings) and password not in str(settings.model_dump())
+    async with ElasticsearchSink(settings) as sink:
+        with pytest.raises(StoreUnavailable) as caught:
+            await sink.prepare(target())
+        facts = await sink.describe()
+    assert password not in str(caught.value) and password not in str(facts)
+    with_key = ElasticsearchSinkSettings(url="http://127.0.0.1:1", api_key=key)
+    assert key not in repr(with_key)
+    in_url = ElasticsearchSinkSettings(url=f"http://elastic:{password}@127.0.0.1:1")
+    assert in_url.basic_auth() == ("elastic", password)
+    assert password not in in_url.address()
+    with pytest.raises(ConfigurationError) as bad:
+        ElasticsearchSinkSettings(url=f"ftp://elastic:{password}@host")
+    assert password not in str(bad.value)
+    with pytest.raises(ConfigurationError):
+        ElasticsearchSinkSettings(url=elasticsearch_url, api_key=key, username="u", password="p")
+
+
+async def test_describe(sink: ElasticsearchSink) -> None:
+    facts = await sink.describe()
+    assert facts["server_version"].startswith("9.")
+    assert facts["cluster_status"] in ("green", "yellow")
