@@ -41,14 +41,13 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.events import EventEnvelope  # noqa: E402
+from bench.timing import Clock, TimedSource  # noqa: E402
 from core.eventstore import InMemoryEventStore  # noqa: E402
 from core.eventstore.base import EventStore  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.lane import Lane  # noqa: E402
 from core.lookups import StaticLookups  # noqa: E402
 from core.operations import Batch  # noqa: E402
-from core.position import Position  # noqa: E402
 from core.sink import StoredDocument, Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
 from projections.orders import OrderAnalytics  # noqa: E402
@@ -60,14 +59,6 @@ SCHEMA = "bench_duckdb_lane"
 EVENTS_PER_ORDER = 4.95
 RESULTS = ROOT / "bench" / "results" / "duckdb_lane.json"
 LANE = "order_analytics@duckdb"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
-
-    def add(self, what: str, started: float) -> None:
-        self.spent[what] = self.spent.get(what, 0.0) + time.perf_counter() - started
 
 
 class TimedSink(DuckDBSink):
@@ -88,25 +79,6 @@ class TimedSink(DuckDBSink):
             await super().write(target, batch)
         finally:
             self.clock.add("write batches (with publishing)", started)
-
-
-class TimedSource:
-    def __init__(self, store: EventStore, clock: Clock) -> None:
-        self.store, self.clock = store, clock
-
-    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
-        started = time.perf_counter()
-        try:
-            return await self.store.read(after, limit)
-        finally:
-            self.clock.add("read log", started)
-
-    @property
-    def notifications(self) -> int:
-        return self.store.notifications
-
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
 
 
 async def append(store: EventStore, steps: list[Any], per_tx: int = 2_000) -> None:

@@ -35,7 +35,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,11 @@ from elasticsearch import AsyncElasticsearch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.events import EventEnvelope, NewEvent  # noqa: E402
+from bench.timing import Clock, TimedLookups, TimedSource  # noqa: E402
+from core.events import NewEvent  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.lane import Lane  # noqa: E402
-from core.lookups import LookupProvider  # noqa: E402
 from core.operations import Batch, PutDocument  # noqa: E402
-from core.position import Position  # noqa: E402
 from core.sink import StoredDocument, Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
 from projections.orders import CATALOG_DDL, OrderSearch, PostgresCatalog  # noqa: E402
@@ -65,14 +64,6 @@ PREFIX = "bench_es_"
 EVENTS_PER_ORDER = 4.95
 RESULTS = ROOT / "bench" / "results" / "elasticsearch_lane.json"
 OPTIONS: dict[str, Any] = {"text_subfields": ["customer_email", "items.category"]}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
-
-    def add(self, what: str, started: float) -> None:
-        self.spent[what] = self.spent.get(what, 0.0) + time.perf_counter() - started
 
 
 class TimedSink(ElasticsearchSink):
@@ -109,37 +100,6 @@ class StampingSink(ElasticsearchSink):
         now = time.perf_counter()
         for op in batch.operations:
             self.written.setdefault(getattr(op, "key", ""), now)
-
-
-class TimedSource:
-    def __init__(self, store: PostgresEventStore, clock: Clock) -> None:
-        self.store, self.clock = store, clock
-
-    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
-        started = time.perf_counter()
-        try:
-            return await self.store.read(after, limit)
-        finally:
-            self.clock.add("read log", started)
-
-    @property
-    def notifications(self) -> int:
-        return self.store.notifications
-
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
-
-
-class TimedLookups(LookupProvider):
-    def __init__(self, inner: LookupProvider, clock: Clock) -> None:
-        self.inner, self.clock = inner, clock
-
-    async def fetch(self, source: str, ids: Collection[str]) -> Mapping[str, Any]:
-        started = time.perf_counter()
-        try:
-            return await self.inner.fetch(source, ids)
-        finally:
-            self.clock.add("lookups", started)
 
 
 async def setup(dsn: str, events: int) -> tuple[PostgresEventStore, int, float]:

@@ -28,7 +28,7 @@ import platform
 import pstats
 import sys
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,11 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.events import EventEnvelope  # noqa: E402
+from bench.timing import Clock, TimedLookups, TimedSource  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.fold import Pending  # noqa: E402
 from core.lane import Lane  # noqa: E402
-from core.lookups import LookupProvider  # noqa: E402
 from core.operations import Batch, PutDocument  # noqa: E402
-from core.position import Position  # noqa: E402
 from core.sink import StoredDocument, Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
 from projections.orders import CATALOG_DDL, OrderSummary, PostgresCatalog  # noqa: E402
@@ -55,16 +53,6 @@ from tests.support.orders import make_catalog, order_history  # noqa: E402
 SCHEMA = "bench_pg_lane"
 EVENTS_PER_ORDER = 4.95  # the generator's mean: created, 1-5 items, 20% removal, 75% ending
 RESULTS = ROOT / "bench" / "results" / "postgres_lane.json"
-
-
-class Clock:
-    """Seconds spent per activity."""
-
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
-
-    def add(self, what: str, started: float) -> None:
-        self.spent[what] = self.spent.get(what, 0.0) + time.perf_counter() - started
 
 
 class TimedSink(PostgresSink):
@@ -87,37 +75,6 @@ class TimedSink(PostgresSink):
             self.rows_written += len(batch.operations)
         finally:
             self.clock.add("write batches", started)
-
-
-class TimedSource:
-    def __init__(self, store: PostgresEventStore, clock: Clock) -> None:
-        self.store, self.clock = store, clock
-
-    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
-        started = time.perf_counter()
-        try:
-            return await self.store.read(after, limit)
-        finally:
-            self.clock.add("read log", started)
-
-    @property
-    def notifications(self) -> int:
-        return self.store.notifications
-
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
-
-
-class TimedLookups(LookupProvider):
-    def __init__(self, inner: LookupProvider, clock: Clock) -> None:
-        self.inner, self.clock = inner, clock
-
-    async def fetch(self, source: str, ids: Collection[str]) -> Mapping[str, Any]:
-        started = time.perf_counter()
-        try:
-            return await self.inner.fetch(source, ids)
-        finally:
-            self.clock.add("lookups", started)
 
 
 async def setup(dsn: str, events: int, reuse: bool) -> tuple[PostgresEventStore, int, float]:

@@ -1,0 +1,58 @@
+"""What the lane benchmarks share: a clock of seconds per activity, and a source and lookups
+that record their time in it, so each report splits a catch-up into where it went."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from core.events import EventEnvelope
+from core.eventstore.base import EventStore
+from core.lookups import LookupProvider
+from core.position import Position
+
+
+class Clock:
+    """Seconds spent per activity."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    def add(self, what: str, started: float) -> None:
+        self.spent[what] = self.spent.get(what, 0.0) + time.perf_counter() - started
+
+
+class TimedSource:
+    """The event store as a lane's source, timing its reads as "read log"."""
+
+    def __init__(self, store: EventStore, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+
+    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
+        started = time.perf_counter()
+        try:
+            return await self.store.read(after, limit)
+        finally:
+            self.clock.add("read log", started)
+
+    @property
+    def notifications(self) -> int:
+        return self.store.notifications
+
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+        await self.store.wait_for_new(timeout, seen)
+
+
+class TimedLookups(LookupProvider):
+    """Lookups timed as "lookups"."""
+
+    def __init__(self, inner: LookupProvider, clock: Clock) -> None:
+        self.inner, self.clock = inner, clock
+
+    async def fetch(self, source: str, ids: Collection[str]) -> Mapping[str, Any]:
+        started = time.perf_counter()
+        try:
+            return await self.inner.fetch(source, ids)
+        finally:
+            self.clock.add("lookups", started)
