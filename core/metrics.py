@@ -1,10 +1,13 @@
-"""Prometheus metrics per lane, on an HTTP endpoint (``/metrics``; ``/healthz`` answers too)."""
+"""Prometheus metrics per lane on an HTTP endpoint (``/metrics``), with ``/healthz`` and
+``/readyz`` for orchestrators."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -52,9 +55,36 @@ class LaneCollector(Collector):
         yield from (events, batches, retries, parked, latency, state)
 
 
+def _checks(app: App) -> dict[str, tuple[int, bytes]]:
+    """``/healthz``: the process answers. ``/readyz``: every lane has started and none halted."""
+    states = [lane.state for lane in app.lanes]
+    ready = all(s not in (LaneState.STARTING, LaneState.HALTED) for s in states)
+    return {
+        "/healthz": (200, b"ok\n"),
+        "/readyz": (200, b"ready\n") if ready else (503, b"not ready\n"),
+    }
+
+
 def serve_metrics(app: App, port: int) -> CollectorRegistry:
-    """Start the metrics endpoint on 127.0.0.1:``port`` in a daemon thread."""
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on 127.0.0.1:``port`` (a daemon thread)."""
     registry = CollectorRegistry()
     registry.register(LaneCollector(app))
-    start_http_server(port, addr="127.0.0.1", registry=registry)
+    metrics = make_wsgi_app(registry)
+
+    def route(environ: dict[str, Any], start_response: Any) -> Any:
+        check = _checks(app).get(environ.get("PATH_INFO", ""))
+        if check is None:
+            return metrics(environ, start_response)
+        status, body = check
+        reason = "OK" if status == 200 else "Service Unavailable"
+        start_response(f"{status} {reason}", [("Content-Type", "text/plain")])
+        return [body]
+
+    server = make_server("127.0.0.1", port, route, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
     return registry
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""

@@ -28,10 +28,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--long"):
         return
-    skip = pytest.mark.skip(reason="long run: pass --long")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    long_runs = [item for item in items if "slow" in item.keywords]
+    if long_runs:
+        config.hook.pytest_deselected(items=long_runs)
+        items[:] = [item for item in items if "slow" not in item.keywords]
 
 
 @pytest.fixture

@@ -1,0 +1,56 @@
+"""The metrics endpoint: lane counters at scrape time, health and readiness."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from core.eventstore import InMemoryEventStore
+from core.lane import Lane
+from core.metrics import serve_metrics
+from core.strategy import LaneState
+from core.testing import InMemorySink
+from tests.support.tally import TallyProjection
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture
+def served() -> tuple[int, Lane]:
+    lane = Lane(TallyProjection(), InMemorySink(), InMemoryEventStore())
+    lane.stats.events, lane.stats.batches = 42, 3
+    port = _free_port()
+    app: Any = SimpleNamespace(lanes=[lane])
+    serve_metrics(app, port)
+    return port, lane
+
+
+def test_metrics_health_and_readiness(served: tuple[int, Lane]) -> None:
+    port, lane = served
+    status, body = _get(port, "/metrics")
+    assert status == 200
+    assert 'projectionist_events_total{lane="tally@memory"} 42.0' in body
+    assert 'projectionist_lane_state{lane="tally@memory",state="starting"} 1.0' in body
+    assert _get(port, "/healthz") == (200, "ok\n")
+    assert _get(port, "/readyz")[0] == 503  # still starting
+    lane.state = LaneState.IDLE
+    assert _get(port, "/readyz") == (200, "ready\n")
+    lane.state = LaneState.HALTED
+    assert _get(port, "/readyz")[0] == 503
