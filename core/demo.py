@@ -146,6 +146,7 @@ async def _ask(app: App, answers: DemoAnswers, order_ids: list[str], customer: s
 
 
 def _print(answers: DemoAnswers, console: Console) -> None:
+    console.print()
     console.rule("what the read models' users see")
     newest = ", ".join(answers.search_ids[:3])
     console.print(
