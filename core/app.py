@@ -41,6 +41,8 @@ class App:
         self.lanes: list[Lane] = []
         self.runner: Runner
         self.lookups: LookupProvider = NoLookups()
+        self.last_report: Any = None
+        """The newest :class:`core.status.StatusReport` a running runner collected."""
 
     async def __aenter__(self) -> Self:
         try:

@@ -75,10 +75,12 @@ def _only(app_: App, lanes: list[str]) -> None:
 
 
 async def _publisher(app_: App) -> None:
+    """Publish lane states every 2 s; refresh the lag and fence age the metrics show."""
     while True:
         try:
             await publish_status(app_.store, app_.lanes, app_.owner)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            app_.last_report = await collect_status(app_)
+        except (OSError, ProjectionistError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("could not publish lane status: %s", exc)
         await anyio.sleep(2.0)
 

@@ -42,6 +42,22 @@ class LaneCollector(Collector):
         state = GaugeMetricFamily(
             "projectionist_lane_state", "1 for the lane's current state", labels=["lane", "state"]
         )
+        lag = GaugeMetricFamily(
+            "projectionist_lag_events", "Events behind the head", labels=["lane"]
+        )
+        lag_seconds = GaugeMetricFamily(
+            "projectionist_lag_seconds", "Age of the oldest event not yet applied", labels=["lane"]
+        )
+        fence = GaugeMetricFamily(
+            "projectionist_fence_age_seconds", "Age of the oldest open writing transaction"
+        )
+        report = getattr(self.app, "last_report", None)
+        if report is not None:
+            for row in report.lanes:
+                lag.add_metric([row.lane], row.lag_events)
+                lag_seconds.add_metric([row.lane], row.lag_seconds)
+            fence.add_metric([], report.fence_age_seconds)
+        yield from (lag, lag_seconds, fence)
         for lane in self.app.lanes:
             s = lane.stats
             events.add_metric([lane.name], s.events)

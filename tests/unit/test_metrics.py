@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
 from core.metrics import serve_metrics
+from core.status import LaneStatus, StatusReport
 from core.strategy import LaneState
 from core.testing import InMemorySink
 from tests.support.tally import TallyProjection
@@ -37,7 +39,29 @@ def served() -> tuple[int, Lane]:
     lane = Lane(TallyProjection(), InMemorySink(), InMemoryEventStore())
     lane.stats.events, lane.stats.batches = 42, 3
     port = _free_port()
-    app: Any = SimpleNamespace(lanes=[lane])
+    report = StatusReport(
+        generated_at=datetime.now(UTC),
+        head="10/20",
+        fence_age_seconds=3.5,
+        lanes=[
+            LaneStatus(
+                lane=lane.name,
+                sink="memory",
+                strategy="immediate",
+                state="idle",
+                checkpoint="9/19",
+                head="10/20",
+                lag_events=7,
+                lag_seconds=1.25,
+                rate=0.0,
+                parked=0,
+                retries=0,
+                last_error=None,
+                owner=None,
+            )
+        ],
+    )
+    app: Any = SimpleNamespace(lanes=[lane], last_report=report)
     serve_metrics(app, port)
     return port, lane
 
@@ -48,6 +72,9 @@ def test_metrics_health_and_readiness(served: tuple[int, Lane]) -> None:
     assert status == 200
     assert 'projectionist_events_total{lane="tally@memory"} 42.0' in body
     assert 'projectionist_lane_state{lane="tally@memory",state="starting"} 1.0' in body
+    assert 'projectionist_lag_events{lane="tally@memory"} 7.0' in body
+    assert 'projectionist_lag_seconds{lane="tally@memory"} 1.25' in body
+    assert "projectionist_fence_age_seconds 3.5" in body
     assert _get(port, "/healthz") == (200, "ok\n")
     assert _get(port, "/readyz")[0] == 503  # still starting
     lane.state = LaneState.IDLE
