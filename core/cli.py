@@ -127,7 +127,7 @@ def run(
             if settings.metrics_port:
                 from core.metrics import serve_metrics
 
-                serve_metrics(app_, settings.metrics_port)
+                serve_metrics(app_, settings.metrics_port, settings.metrics_host)
             async with anyio.create_task_group() as group:
                 group.start_soon(_signals, group.cancel_scope)
                 group.start_soon(_publisher, app_)

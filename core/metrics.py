@@ -81,8 +81,8 @@ def _checks(app: App) -> dict[str, tuple[int, bytes]]:
     }
 
 
-def serve_metrics(app: App, port: int) -> CollectorRegistry:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on 127.0.0.1:``port`` (a daemon thread)."""
+def serve_metrics(app: App, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (a daemon thread)."""
     registry = CollectorRegistry()
     registry.register(LaneCollector(app))
     metrics = make_wsgi_app(registry)
@@ -96,7 +96,7 @@ def serve_metrics(app: App, port: int) -> CollectorRegistry:
         start_response(f"{status} {reason}", [("Content-Type", "text/plain")])
         return [body]
 
-    server = make_server("127.0.0.1", port, route, handler_class=_QuietHandler)
+    server = make_server(host, port, route, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
     return registry
 

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     sinks: dict[str, SinkSettings] = Field(default_factory=lambda: dict(DEFAULT_SINKS))
     lanes: list[LaneSettings] = Field(default_factory=lambda: list(DEFAULT_LANES))
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    """Where the metrics endpoint listens; ``0.0.0.0`` only inside a container network."""
     poll_interval: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("event_store_schema", "read_model_schema")
