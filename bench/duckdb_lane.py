@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,13 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.timing import Clock, TimedSource  # noqa: E402
+from bench.timing import Clock, Timed, TimedSource  # noqa: E402
 from core.eventstore import InMemoryEventStore  # noqa: E402
 from core.eventstore.base import EventStore  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.lane import Lane  # noqa: E402
 from core.lookups import StaticLookups  # noqa: E402
-from core.operations import Batch  # noqa: E402
-from core.sink import StoredDocument, Target  # noqa: E402
+from core.sink import Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
 from projections.orders import OrderAnalytics  # noqa: E402
 from sinks.duckdb import DuckDBSink, DuckDBSinkSettings  # noqa: E402
@@ -61,24 +59,8 @@ RESULTS = ROOT / "bench" / "results" / "duckdb_lane.json"
 LANE = "order_analytics@duckdb"
 
 
-class TimedSink(DuckDBSink):
-    def __init__(self, settings: DuckDBSinkSettings, clock: Clock) -> None:
-        super().__init__(settings)
-        self.clock = clock
-
-    async def load(self, target: Target, keys: Sequence[str]) -> dict[str, StoredDocument]:
-        started = time.perf_counter()
-        try:
-            return await super().load(target, keys)
-        finally:
-            self.clock.add("load documents", started)
-
-    async def write(self, target: Target, batch: Batch) -> None:
-        started = time.perf_counter()
-        try:
-            await super().write(target, batch)
-        finally:
-            self.clock.add("write batches (with publishing)", started)
+class TimedSink(Timed, DuckDBSink):
+    write_label = "write batches (with publishing)"
 
 
 async def append(store: EventStore, steps: list[Any], per_tx: int = 2_000) -> None:

@@ -35,7 +35,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,12 @@ from elasticsearch import AsyncElasticsearch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.timing import Clock, TimedLookups, TimedSource  # noqa: E402
+from bench.timing import Clock, Timed, TimedLookups, TimedSource  # noqa: E402
 from core.events import NewEvent  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.lane import Lane  # noqa: E402
 from core.operations import Batch, PutDocument  # noqa: E402
-from core.sink import StoredDocument, Target  # noqa: E402
+from core.sink import Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
 from projections.orders import CATALOG_DDL, OrderSearch, PostgresCatalog  # noqa: E402
 from sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings  # noqa: E402
@@ -66,26 +65,8 @@ RESULTS = ROOT / "bench" / "results" / "elasticsearch_lane.json"
 OPTIONS: dict[str, Any] = {"text_subfields": ["customer_email", "items.category"]}
 
 
-class TimedSink(ElasticsearchSink):
-    def __init__(self, settings: ElasticsearchSinkSettings, clock: Clock) -> None:
-        super().__init__(settings)
-        self.clock = clock
-        self.doc_writes = 0
-
-    async def load(self, target: Target, keys: Sequence[str]) -> dict[str, StoredDocument]:
-        started = time.perf_counter()
-        try:
-            return await super().load(target, keys)
-        finally:
-            self.clock.add("load documents", started)
-
-    async def write(self, target: Target, batch: Batch) -> None:
-        started = time.perf_counter()
-        try:
-            await super().write(target, batch)
-            self.doc_writes += len(batch.operations)
-        finally:
-            self.clock.add("write batches", started)
+class TimedSink(Timed, ElasticsearchSink):
+    pass
 
 
 class StampingSink(ElasticsearchSink):
@@ -160,7 +141,7 @@ async def catch_up(
         return {
             "seconds": seconds,
             "batches": lane.stats.batches,
-            "doc_writes": sink.doc_writes,
+            "doc_writes": sink.operations_written,
             "breakdown_s": {**clock.spent, "fold and the rest": seconds - spent},
             "index": sink.index(lane.target),
             "target": lane.target,

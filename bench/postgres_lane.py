@@ -28,7 +28,6 @@ import platform
 import pstats
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,12 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.timing import Clock, TimedLookups, TimedSource  # noqa: E402
+from bench.timing import Clock, Timed, TimedLookups, TimedSource  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.fold import Pending  # noqa: E402
 from core.lane import Lane  # noqa: E402
-from core.operations import Batch, PutDocument  # noqa: E402
-from core.sink import StoredDocument, Target  # noqa: E402
+from core.operations import PutDocument  # noqa: E402
+from core.sink import Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
 from projections.orders import CATALOG_DDL, OrderSummary, PostgresCatalog  # noqa: E402
 from sinks.postgres import PostgresSink, PostgresSinkSettings  # noqa: E402
@@ -55,26 +54,8 @@ EVENTS_PER_ORDER = 4.95  # the generator's mean: created, 1-5 items, 20% removal
 RESULTS = ROOT / "bench" / "results" / "postgres_lane.json"
 
 
-class TimedSink(PostgresSink):
-    def __init__(self, settings: PostgresSinkSettings, clock: Clock) -> None:
-        super().__init__(settings)
-        self.clock = clock
-        self.rows_written = 0
-
-    async def load(self, target: Target, keys: Sequence[str]) -> dict[str, StoredDocument]:
-        started = time.perf_counter()
-        try:
-            return await super().load(target, keys)
-        finally:
-            self.clock.add("load documents", started)
-
-    async def write(self, target: Target, batch: Batch) -> None:
-        started = time.perf_counter()
-        try:
-            await super().write(target, batch)
-            self.rows_written += len(batch.operations)
-        finally:
-            self.clock.add("write batches", started)
+class TimedSink(Timed, PostgresSink):
+    pass
 
 
 async def setup(dsn: str, events: int, reuse: bool) -> tuple[PostgresEventStore, int, float]:
@@ -222,13 +203,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         breakdown = {**clock.spent, "fold and the rest": seconds - others}
         print(
             f"  lane catch-up: {seconds:.1f} s, {lane_rate:,.0f} events/s, "
-            f"{lane.stats.batches} batches, {sink.rows_written:,} row writes"
+            f"{lane.stats.batches} batches, {sink.operations_written:,} row writes"
         )
         for what, spent in sorted(breakdown.items(), key=lambda kv: -kv[1]):
             print(f"    {what:<18} {spent:7.2f} s  {100 * spent / seconds:5.1f} %")
         ops = await final_rows(sink, lane.target)
         raw = await ceiling(sink, lane.target, ops)
-        amplification = sink.rows_written / len(ops)
+        amplification = sink.operations_written / len(ops)
         print(f"  write amplification: {amplification:.2f} row writes per final row")
         result: dict[str, Any] = {
             "events": events,
@@ -240,7 +221,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": round(seconds, 3),
                 "events_per_s": round(lane_rate),
                 "batches": lane.stats.batches,
-                "row_writes": sink.rows_written,
+                "row_writes": sink.operations_written,
                 "breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
             },
             "ceiling": {},

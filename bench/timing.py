@@ -4,13 +4,15 @@ that record their time in it, so each report splits a catch-up into where it wen
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from core.events import EventEnvelope
 from core.eventstore.base import EventStore
 from core.lookups import LookupProvider
+from core.operations import Batch
 from core.position import Position
+from core.sink import StoredDocument, Target
 
 
 class Clock:
@@ -56,3 +58,32 @@ class TimedLookups(LookupProvider):
             return await self.inner.fetch(source, ids)
         finally:
             self.clock.add("lookups", started)
+
+
+class Timed:
+    """Mixin for a sink class: times ``load`` and ``write`` in ``self.clock`` and counts the
+    operations written (``TimedSink(Timed, PostgresSink)``)."""
+
+    write_label = "write batches"
+    clock: Clock
+    operations_written: int = 0
+
+    def __init__(self, settings: Any, clock: Clock) -> None:
+        super().__init__(settings)  # type: ignore[call-arg]
+        self.clock = clock
+        self.operations_written = 0
+
+    async def load(self, target: Target, keys: Sequence[str]) -> dict[str, StoredDocument]:
+        started = time.perf_counter()
+        try:
+            return await super().load(target, keys)  # type: ignore[misc, no-any-return]
+        finally:
+            self.clock.add("load documents", started)
+
+    async def write(self, target: Target, batch: Batch) -> None:
+        started = time.perf_counter()
+        try:
+            await super().write(target, batch)  # type: ignore[misc]
+            self.operations_written += len(batch.operations)
+        finally:
+            self.clock.add(self.write_label, started)
