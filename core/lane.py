@@ -193,7 +193,8 @@ class Lane:
                     pending.started = monotonic()
                 halted = await self._fold(events, pending)
                 if halted:
-                    await self._flush(pending)
+                    if self._unflushed(pending) or pending.parked:
+                        await self._flush(pending)
                     self.state = LaneState.HALTED
                     return
             at_head = len(events) < limit
