@@ -37,9 +37,14 @@ def make_catalog(customers: int = 50, products: int = 40, seed: int = 7) -> Cata
 
 
 def order_history(
-    orders: int, catalog: Catalog, seed: int = 11
+    orders: int, catalog: Catalog, seed: int = 11, active: int = 200
 ) -> list[tuple[str, list[NewEvent]]]:
-    """``(stream_id, events)`` appends for ``orders`` orders, interleaved, in append order."""
+    """``(stream_id, events)`` appends for ``orders`` orders, in append order.
+
+    At most ``active`` orders are open at a time and their steps interleave at random, as in
+    a shop where an order lives for minutes among a few hundred others (not for the whole
+    history): a replay then meets each order in a few nearby batches.
+    """
     rng = random.Random(seed)
     plans: list[list[tuple[str, list[NewEvent]]]] = []
     customers = sorted(catalog.customers)
@@ -81,9 +86,15 @@ def order_history(
             )
         plans.append(steps)
     out: list[tuple[str, list[NewEvent]]] = []
-    while plans:
-        i = rng.randrange(len(plans))
-        out.append(plans[i].pop(0))
-        if not plans[i]:
-            plans.pop(i)
+    waiting = iter(plans)
+    open_plans = [plan for _, plan in zip(range(max(1, active)), waiting, strict=False)]
+    while open_plans:
+        i = rng.randrange(len(open_plans))
+        out.append(open_plans[i].pop(0))
+        if not open_plans[i]:
+            following = next(waiting, None)
+            if following is None:
+                open_plans.pop(i)
+            else:
+                open_plans[i] = following
     return out
