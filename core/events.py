@@ -138,6 +138,21 @@ class EventEnvelope(BaseModel):
     recorded_at: datetime
     position: Position
 
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> EventEnvelope:
+        """An envelope from a store's own row, without validation: what ``model_construct``
+        does for a complete set of fields, minus its per-field default handling (the hot path
+        of every read). ``values`` must hold every field, already of its type."""
+        envelope = cls.__new__(cls)
+        object.__setattr__(envelope, "__dict__", values)
+        object.__setattr__(envelope, "__pydantic_fields_set__", _ENVELOPE_FIELDS)
+        object.__setattr__(envelope, "__pydantic_extra__", None)
+        object.__setattr__(envelope, "__pydantic_private__", None)
+        return envelope
+
+
+_ENVELOPE_FIELDS = frozenset(EventEnvelope.model_fields)
+
 
 class DomainEvent(BaseModel):
     """Base for typed domain events. Subclasses set ``event_type`` and ``schema_version``."""

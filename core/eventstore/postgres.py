@@ -51,16 +51,18 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 def _envelope(row: asyncpg.Record) -> EventEnvelope:
-    return EventEnvelope.model_construct(
-        event_id=row["event_id"],
-        stream_id=row["stream_id"],
-        stream_version=row["stream_version"],
-        event_type=row["event_type"],
-        schema_version=row["schema_version"],
-        data=row["data"],
-        metadata=row["metadata"],
-        recorded_at=row["recorded_at"],
-        position=Position(row["txid"], row["global_position"]),
+    return EventEnvelope.trusted(
+        {
+            "event_id": row[0],
+            "stream_id": row[1],
+            "stream_version": row[2],
+            "event_type": row[3],
+            "schema_version": row[4],
+            "data": row[5],
+            "metadata": row[6],
+            "recorded_at": row[7],
+            "position": Position(row[8], row[9]),
+        }
     )
 
 
