@@ -40,7 +40,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.timing import Clock, Timed, TimedSource  # noqa: E402
+from bench.timing import Clock, Timed, TimedSource, append_steps  # noqa: E402
 from core.eventstore import InMemoryEventStore  # noqa: E402
 from core.eventstore.base import EventStore  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
@@ -63,13 +63,6 @@ class TimedSink(Timed, DuckDBSink):
     write_label = "write batches (with publishing)"
 
 
-async def append(store: EventStore, steps: list[Any], per_tx: int = 2_000) -> None:
-    for first in range(0, len(steps), per_tx):
-        async with store.transaction() as tx:
-            for stream, new in steps[first : first + per_tx]:
-                await tx.append(stream, new)
-
-
 async def setup(args: argparse.Namespace) -> tuple[EventStore, int, float]:
     catalog = make_catalog()
     steps = order_history(round(args.events / EVENTS_PER_ORDER), catalog)
@@ -88,7 +81,7 @@ async def setup(args: argparse.Namespace) -> tuple[EventStore, int, float]:
             await conn.close()
         store = await PostgresEventStore.connect(args.dsn, schema=SCHEMA, pool_size=4)
     started = time.perf_counter()
-    await append(store, steps)
+    await append_steps(store, steps)
     seconds = time.perf_counter() - started
     count = sum(len(new) for _, new in steps)
     print(f"  appended {count:,} events in {seconds:.1f} s ({count / seconds:,.0f}/s)")
@@ -156,7 +149,7 @@ async def dashboard_phase(
         tg.start_soon(read)
         deadline = time.monotonic() + seconds + 2
         while time.monotonic() < deadline and appended < len(steps):
-            await append(store, steps[appended : appended + 100], per_tx=100)
+            await append_steps(store, steps[appended : appended + 100], per_tx=100)
             appended += 100
             await anyio.sleep(0.2)
         await finished.wait()

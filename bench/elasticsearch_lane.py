@@ -45,14 +45,15 @@ from elasticsearch import AsyncElasticsearch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.timing import Clock, Timed, TimedLookups, TimedSource  # noqa: E402
+from bench.timing import Clock, Timed, TimedLookups, TimedSource, append_steps  # noqa: E402
 from core.events import NewEvent  # noqa: E402
 from core.eventstore.postgres import PostgresEventStore  # noqa: E402
 from core.lane import Lane  # noqa: E402
 from core.operations import Batch, PutDocument  # noqa: E402
 from core.sink import Target  # noqa: E402
 from core.strategy import Strategy  # noqa: E402
-from projections.orders import CATALOG_DDL, OrderSearch, PostgresCatalog  # noqa: E402
+from projections.orders import OrderSearch, PostgresCatalog  # noqa: E402
+from projections.orders.demo import seed_catalog  # noqa: E402
 from sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings  # noqa: E402
 from sinks.elasticsearch.bulk import BulkItem, encode, requests  # noqa: E402
 from sinks.elasticsearch.mapping import DOCUMENT_FIELD  # noqa: E402
@@ -91,23 +92,10 @@ async def setup(dsn: str, events: int) -> tuple[PostgresEventStore, int, float]:
         await conn.close()
     store = await PostgresEventStore.connect(dsn, schema=SCHEMA, pool_size=4, poll_interval=0.5)
     catalog = make_catalog()
-    async with store.pool.acquire() as conn:
-        await conn.execute(CATALOG_DDL(SCHEMA))
-        await conn.executemany(
-            f'INSERT INTO "{SCHEMA}".customers VALUES ($1, $2, $3)',
-            [(k, v["name"], v["email"]) for k, v in catalog.customers.items()],
-        )
-        await conn.executemany(
-            f'INSERT INTO "{SCHEMA}".products VALUES ($1, $2, $3)',
-            [(k, v["name"], v["category"]) for k, v in catalog.products.items()],
-        )
+    await seed_catalog(store.pool, catalog, SCHEMA)
     steps = order_history(round(events / EVENTS_PER_ORDER), catalog)
     started = time.perf_counter()
-    per_tx = 2_000
-    for first in range(0, len(steps), per_tx):
-        async with store.transaction() as tx:
-            for stream, new in steps[first : first + per_tx]:
-                await tx.append(stream, new)
+    await append_steps(store, steps)
     seconds = time.perf_counter() - started
     count = sum(len(new) for _, new in steps)
     print(f"  appended {count:,} events in {seconds:.1f} s ({count / seconds:,.0f}/s)")

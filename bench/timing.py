@@ -15,6 +15,18 @@ from core.position import Position
 from core.sink import StoredDocument, Target
 
 
+async def append_steps(
+    store: EventStore, steps: list[Any], per_tx: int = 2_000, progress: bool = False
+) -> None:
+    """Append ``(stream, events)`` steps, ``per_tx`` of them per transaction."""
+    for first in range(0, len(steps), per_tx):
+        async with store.transaction() as tx:
+            for stream, new in steps[first : first + per_tx]:
+                await tx.append(stream, new)
+        if progress and first % 20_000 == 0:
+            print(f"  appending: {first:,}/{len(steps):,} steps", flush=True)
+
+
 class Clock:
     """Seconds spent per activity."""
 

@@ -17,7 +17,6 @@ import asyncpg
 
 from core.eventstore.postgres import PostgresEventStore
 from core.position import START
-from projections.orders import CATALOG_DDL
 from tests.support.orders import Catalog, order_history
 
 
@@ -38,19 +37,6 @@ async def load_history(
             if len(readable) == appended:
                 return readable
             await anyio.sleep(0.05)
-
-
-async def fill_catalog(pool: asyncpg.Pool, schema: str, catalog: Catalog) -> None:
-    async with pool.acquire() as conn:
-        await conn.execute(CATALOG_DDL(schema))
-        await conn.executemany(
-            f'INSERT INTO "{schema}".customers (id, name, email) VALUES ($1, $2, $3)',
-            [(k, v["name"], v["email"]) for k, v in catalog.customers.items()],
-        )
-        await conn.executemany(
-            f'INSERT INTO "{schema}".products (id, name, category) VALUES ($1, $2, $3)',
-            [(k, v["name"], v["category"]) for k, v in catalog.products.items()],
-        )
 
 
 # -- the read side ---------------------------------------------------------------------------

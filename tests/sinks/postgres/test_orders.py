@@ -15,12 +15,12 @@ from core.runner import Runner
 from core.sink import Target
 from core.strategy import ErrorPolicy, LaneState, Strategy
 from projections.orders import OrderDetail, OrderSummary, PostgresCatalog
+from projections.orders.demo import seed_catalog
 from sinks.postgres import PostgresSink
 from tests.sinks.postgres.conftest import PgEnv
 from tests.sinks.postgres.support import (
     customer_orders,
     expected_columns,
-    fill_catalog,
     load_history,
     orders_by_status,
     snapshot,
@@ -74,7 +74,7 @@ def assert_matches_oracle(
 
 async def test_order_read_models_equal_the_oracle(pg: PgEnv) -> None:
     catalog = make_catalog()
-    await fill_catalog(pg.store.pool, pg.schema, catalog)
+    await seed_catalog(pg.store.pool, catalog, pg.schema)
     events = await load_history(pg.store, 2_000, catalog)
     expected = expected_orders(events, catalog)
     async with pg.sink() as sink:
@@ -137,7 +137,7 @@ async def check_list_queries(
 
 async def test_replaying_every_batch_twice_changes_nothing(pg: PgEnv) -> None:
     catalog = make_catalog()
-    await fill_catalog(pg.store.pool, pg.schema, catalog)
+    await seed_catalog(pg.store.pool, catalog, pg.schema)
     events = await load_history(pg.store, 400, catalog)
     lookups = PostgresCatalog(pg.store.pool, pg.schema)
     async with RecordingSink(pg.settings) as sink:

@@ -19,12 +19,12 @@ from core.runner import Runner
 from core.sink import Target
 from core.strategy import LaneState, Strategy
 from projections.orders import OrderSummary, PostgresCatalog
+from projections.orders.demo import seed_catalog
 from sinks.postgres import PostgresSink
 from sinks.postgres.encode import Rows
 from tests.sinks.postgres.conftest import PgEnv
 from tests.sinks.postgres.support import (
     CommitFaultProxy,
-    fill_catalog,
     load_history,
     snapshot,
     view_rows,
@@ -72,7 +72,7 @@ class MeetsAtStart(PostgresSink):
 
 async def history(pg: PgEnv, orders: int) -> tuple[list[Any], dict[str, Any], PostgresCatalog]:
     catalog = make_catalog()
-    await fill_catalog(pg.store.pool, pg.schema, catalog)
+    await seed_catalog(pg.store.pool, catalog, pg.schema)
     events = await load_history(pg.store, orders, catalog)
     return events, expected_orders(events, catalog), PostgresCatalog(pg.store.pool, pg.schema)
 
