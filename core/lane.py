@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -18,7 +18,6 @@ from core.deadletters import DeadLetter, DeadLetterStore, InMemoryDeadLetters
 from core.errors import (
     AmbiguousCommit,
     CheckpointConflict,
-    DocumentRejected,
     LookupUnavailable,
     ProjectionistError,
     TransientError,
@@ -35,9 +34,11 @@ from core.fold import (
     plan_gaps,
 )
 from core.lookups import LookupProvider, NoLookups
-from core.operations import Batch, DeleteDocument, PutDocument
+from core.operations import Batch
 from core.position import START, Position
 from core.projection import DocumentProjection, LookupKey, Projection
+from core.readahead import EventSource, ReadAhead
+from core.rejected import ParksRejectedDocuments
 from core.retry import Backoff, LogThrottle
 from core.sink import Sink, Target
 from core.strategy import ErrorPolicy, LaneState, Strategy
@@ -45,14 +46,6 @@ from core.strategy import ErrorPolicy, LaneState, Strategy
 __all__ = ("EventSource", "Lane", "LaneStats")
 
 log = logging.getLogger("projectionist.lane")
-
-
-class EventSource(Protocol):
-    async def read(self, after: Position, limit: int) -> list[EventEnvelope]: ...
-    @property
-    def notifications(self) -> int: ...
-
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None: ...
 
 
 @dataclass
@@ -71,7 +64,7 @@ class LaneStats:
     batch_seconds: list[float] = field(default_factory=list)
 
 
-class Lane:
+class Lane(ParksRejectedDocuments):
     """Moves one projection forward in one sink. Run it with :meth:`run` in a task group."""
 
     def __init__(
@@ -166,7 +159,9 @@ class Lane:
             "reading dead letters", lambda: self.dead_letters.find(self.name, "any")
         )
         parked = [d for d in letters if d.status == "parked"]
-        self._blocked = {d.stream_id: d.event_id for d in parked}
+        self._blocked = {}
+        for letter in sorted(parked, key=lambda d: d.stream_version):
+            self._blocked.setdefault(letter.stream_id, letter.event_id)  # the first one blocks
         self._skipped = {d.event_id for d in letters if d.status == "skipped"}
         self._retried = {d.event_id for d in letters if d.status == "retry"}
         self.stats.parked = len(parked)
@@ -176,16 +171,32 @@ class Lane:
         """Run until cancelled (or, with ``until_caught_up``, until at the head and flushed).
 
         Returns early, with state ``halted``, when a permanent error meets the halt policy.
+        While behind the head, the next chunk of the log is read while this one is folded and
+        written (:class:`~core.readahead.ReadAhead`).
         """
         pending = await self.start()
         self.state = LaneState.RUNNING
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as group:
+            try:
+                await self._loop(pending, ReadAhead(self.source, group), until_caught_up)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # raised as itself below, not in an exception group
+                failed = exc
+            finally:
+                group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+
+    async def _loop(self, pending: Pending, source: ReadAhead, until_caught_up: bool) -> None:
         behind = True
         while True:
             threshold = self._threshold(behind)
             limit = max(1, min(self.strategy.read_size, threshold - pending.events))
-            seen = self.source.notifications
+            seen = source.notifications
             events = await self._retrying(
-                "reading the log", partial(self.source.read, pending.position, limit)
+                "reading the log", partial(source.read, pending.position, limit)
             )
             if events:
                 self.state = LaneState.RUNNING
@@ -209,7 +220,7 @@ class Lane:
                     return
                 self.state = LaneState.IDLE
             if at_head:
-                await self.source.wait_for_new(self._wait_time(pending), seen)
+                await source.wait_for_new(self._wait_time(pending), seen)
 
     def _unflushed(self, pending: Pending) -> bool:
         return pending.position != (self.checkpoint or START)
@@ -416,65 +427,6 @@ class Lane:
             if await self.sink.read_checkpoint(self.target) != batch.checkpoint:
                 raise
         self._in_doubt = None
-
-    # -- documents the sink rejects for good (DocumentRejected) ----------------------------
-
-    async def _write_parking_rejected(self, batch: Batch, pending: Pending) -> Batch:
-        """Write ``batch``; returns the batch that was written.
-
-        When the sink refuses one document for good (:class:`DocumentRejected`) under the park
-        policy, the events that built it since its stored version are parked (the first with
-        the reason, the others behind it), its key is blocked like any parked key, and the
-        batch is written again without it. Under the halt policy the rejection propagates:
-        the checkpoint stays before the batch.
-        """
-        current = batch
-        while True:
-            try:
-                await self._retrying("writing a batch", partial(self._write, current))
-                return current
-            except DocumentRejected as rejected:
-                if self.policy is not ErrorPolicy.PARK:
-                    raise
-                current = await self._park_rejected(current, pending, rejected)
-
-    async def _park_rejected(
-        self, batch: Batch, pending: Pending, rejected: DocumentRejected
-    ) -> Batch:
-        key = rejected.key
-        mine = [
-            op
-            for op in batch.operations
-            if isinstance(op, PutDocument | DeleteDocument) and op.key == key
-        ]
-        if not mine or key in self._blocked:
-            raise rejected  # nothing of this batch to park: never drop silently
-        found = await self._retrying(
-            "loading a rejected document", lambda: self.sink.load(self.target, [key])
-        )
-        stored = found.get(key)
-        top = max(op.version for op in mine)
-        events = await self._retrying(
-            f"reading stream {key} to park a rejected document",
-            partial(self.store.read_stream, key, (stored.version if stored else 0) + 1, top),
-        )
-        if not events:
-            raise rejected
-        first = events[0].event_id
-        reason = f"the sink rejected the document built up to here: {rejected.reason}"
-        letters = [DeadLetter.of(self.name, events[0], reason)]
-        held = f"held behind parked event {first}"
-        letters += [DeadLetter.of(self.name, e, held, first) for e in events[1:]]
-        await self._retrying("parking events", lambda: self.dead_letters.park(letters))
-        self._blocked[key] = first
-        self.stats.parked += len(letters)
-        self.stats.last_error = str(rejected)
-        pending.docs[key] = (
-            DocState(stored.version, stored.document) if stored else DocState(0, None)
-        )
-        log.warning("lane %s parked %d events of %s: %s", self.name, len(letters), key, rejected)
-        kept = tuple(op for op in batch.operations if not any(op is m for m in mine))
-        return replace(batch, operations=kept)
 
     def _record(self, pending: Pending, seconds: float) -> None:
         stats = self.stats

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import asyncpg
 
+from core import jsontext
 from core.errors import (
     ConcurrencyError,
     EventLogRestored,
@@ -46,7 +47,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     """Decode json and jsonb as Python objects on every pooled connection."""
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            typename, encoder=json.dumps, decoder=jsontext.loads, schema="pg_catalog"
         )
 
 

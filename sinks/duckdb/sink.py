@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -31,6 +30,7 @@ import anyio.to_thread
 import duckdb
 import pyarrow as pa
 
+from core import jsontext
 from core.errors import (
     CheckpointConflict,
     ConfigurationError,
@@ -278,7 +278,7 @@ class DuckDBSink(Sink):
                 finally:
                     con.unregister("projectionist_keys")
             return {
-                key: StoredDocument(int(version), None if deleted else json.loads(document))
+                key: StoredDocument(int(version), None if deleted else jsontext.loads(document))
                 for key, version, deleted, document in rows
             }
 

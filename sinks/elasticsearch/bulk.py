@@ -29,6 +29,9 @@ __all__ = ("BulkItem", "BulkReport", "collapse", "encode", "requests", "resolve"
 Send = Callable[[list[bytes]], Awaitable[Mapping[str, Any]]]
 """Send one ``_bulk`` body (NDJSON lines) and return the answer's body."""
 
+MAX_ID_BYTES = 512
+"""Elasticsearch refuses a longer ``_id``, and with it the whole ``_bulk`` request."""
+
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
@@ -74,7 +77,11 @@ def collapse(operations: Sequence[Operation]) -> dict[str, PutDocument | DeleteD
 def encode(
     index: str, schema: DocumentSchema | None, op: PutDocument | DeleteDocument
 ) -> BulkItem | str:
-    """The item for ``op``, or the reason it cannot be encoded as JSON."""
+    """The item for ``op``, or the reason it cannot be sent (an id over :data:`MAX_ID_BYTES`,
+    a document that is not JSON or nests deeper than the encoder follows)."""
+    size = len(op.key.encode())
+    if size > MAX_ID_BYTES:
+        return f"the key is {size} bytes; Elasticsearch ids are at most {MAX_ID_BYTES} bytes"
     action = {
         "index": {
             "_index": index,
@@ -89,7 +96,7 @@ def encode(
         body = tombstone_body(schema, op.key)
     try:
         source = _dumps(body)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         return f"not JSON-serialisable: {exc}"
     return BulkItem(op.key, op.version, _dumps(action) + b"\n" + source + b"\n")
 

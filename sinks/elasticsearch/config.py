@@ -45,6 +45,11 @@ class ElasticsearchSinkSettings(BaseModel):
     """Documents per ``_bulk`` request; larger batches are split into several requests."""
     bulk_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     """Body bytes per ``_bulk`` request (a single larger document still goes alone)."""
+    max_document_bytes: int = Field(default=100 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    """Largest document the sink sends (its encoded action and source). A larger one is
+    rejected (:class:`~core.errors.DocumentRejected`: parked or halting its lane, its
+    neighbours indexed) instead of failing its request with HTTP 413. Keep it at or below the
+    cluster's ``http.max_content_length`` (100mb by default)."""
     item_retries: int = Field(default=5, ge=0, le=100)
     """Retries of the items answered 429 or 5xx, inside one write, before it fails transiently."""
     item_backoff: float = Field(default=0.2, gt=0, le=60)

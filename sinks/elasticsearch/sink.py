@@ -13,9 +13,10 @@ Guarantees (see docs/sinks/elasticsearch.md):
   :class:`~core.errors.CheckpointConflict`.
 * **Tombstones.** A delete indexes ``{"_deleted": true}`` at the delete's version, so the version
   survives and a late replay cannot resurrect the document; the read alias filters them out.
-* **One rejected document** (mapping or parse error) does not fail its neighbours: every other
-  item is resolved first, then :class:`~core.errors.DocumentRejected` names the key and the
-  reason, and the checkpoint is not moved (the lane parks the key's events, or halts).
+* **One rejected document** (mapping or parse error, or larger than ``max_document_bytes``)
+  does not fail its neighbours: every other item is resolved first, then
+  :class:`~core.errors.DocumentRejected` names the key and the reason, and the checkpoint is
+  not moved (the lane parks the key's events, or halts).
 """
 
 from __future__ import annotations
@@ -170,10 +171,16 @@ class ElasticsearchSink(Sink):
         index = self.index(target)
         items: list[BulkItem] = []
         unencodable: dict[str, str] = {}
+        bound = self.settings.max_document_bytes
         for op in collapse(batch.operations).values():
             item = encode(index, target.schema, op)
             if isinstance(item, str):
                 unencodable[op.key] = item
+            elif len(item.lines) > bound:
+                unencodable[op.key] = (
+                    f"document too large: {len(item.lines)} bytes encoded, more than "
+                    f"max_document_bytes ({bound})"
+                )
             else:
                 items.append(item)
         report = await resolve(

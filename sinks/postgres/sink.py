@@ -15,7 +15,6 @@ Guarantees (see docs/sinks/postgres.md):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from core import jsontext
 from core.errors import (
     CheckpointConflict,
     ConfigurationError,
@@ -215,7 +215,7 @@ class PostgresSink(Sink):
         async with self._connection(f"loading documents of {target.lane}") as conn:
             rows = await conn.fetch(stm.load, list(keys))
         return {
-            r[0]: StoredDocument(r[1], None if r[2] is None else json.loads(r[2])) for r in rows
+            r[0]: StoredDocument(r[1], None if r[2] is None else jsontext.loads(r[2])) for r in rows
         }
 
     # -- writes ----------------------------------------------------------------------------

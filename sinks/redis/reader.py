@@ -15,13 +15,13 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
 
+from core import jsontext
 from sinks.redis.client import call_script, make_client
 from sinks.redis.config import RedisSinkSettings
 from sinks.redis.errors import DRIVER_ERRORS, translate
@@ -81,7 +81,7 @@ class RedisDocumentReader:
                 return {}  # nothing is live yet
             for key, raw in zip(chunk, reply[1:], strict=True):
                 if raw is not None:
-                    out[key] = json.loads(raw)
+                    out[key] = jsontext.loads(raw)
         return out
 
     async def live_generation(self) -> int | None:

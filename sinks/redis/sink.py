@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from core import jsontext
 from core.errors import (
     AmbiguousCommit,
     CheckpointConflict,
@@ -214,7 +215,7 @@ class RedisSink(Sink):
             if held < 0:
                 out[key] = StoredDocument(-held, None)
             elif document is not None:
-                out[key] = StoredDocument(held, json.loads(document))
+                out[key] = StoredDocument(held, jsontext.loads(document))
         return out
 
     async def write(self, target: Target, batch: Batch) -> None:
