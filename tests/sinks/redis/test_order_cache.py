@@ -160,6 +160,7 @@ async def test_expired_entries_are_refolded_by_the_next_event(
     store = await PostgresEventStore.connect(postgres_dsn, schema=namespace)
     try:
         await append_history(store, history[:half])
+        await read_all(store, sum(len(e) for _, e in history[:half]))  # behind the fence
         lane = order_lane(sink, store, catalog, namespace, options={"ttl_seconds": 1})
         await lane.run(until_caught_up=True)
         first = await snapshot(raw, KeyLayout(namespace))
