@@ -122,8 +122,8 @@ class CheckpointConflict(PermanentError):
             )
         else:
             why = (
-                "another runner owns this lane. Stop one of them (or use leases when running "
-                "several)"
+                "another runner owns this lane. Stop one of them, or give each runner its own "
+                "lanes with `projectionist run --lane`"
             )
         super().__init__(
             f"lane {lane!r}: checkpoint expected at {expected} but found at {found}; {why}."

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ConfigurationError, InvalidEvent
 from core.position import Position
@@ -22,6 +22,7 @@ __all__ = (
     "EventRegistry",
     "NewEvent",
     "RawEvent",
+    "UndecodableData",
     "check_payload",
     "encode_event",
 )
@@ -71,6 +72,10 @@ def _encode(where: str, name: str, part: JSON, limits: EventLimits) -> str:
         raise InvalidEvent(f"{where}: {name} {problem}")
     try:
         text = json.dumps(part, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise InvalidEvent(
+            f"{where}: {name} nests deeper than this process can encode; lower max_depth"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"{where}: {name} is not JSON ({exc})") from None
     try:
@@ -172,6 +177,29 @@ class DomainEvent(BaseModel):
         )
 
 
+class UndecodableData(dict[str, Any]):
+    """Stands in, empty, for stored data or metadata this process cannot decode (JSON nested
+    deeper than Python's decoder follows; Postgres accepts about 14,000 levels). Decoding the
+    event raises :class:`InvalidEvent` with :attr:`reason`, so the event is parked or halts its
+    lane like any invalid event, and never crashes a reader."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def _validation_summary(exc: ValidationError, shown: int = 3) -> str:
+    """At most ``shown`` of a validation error's problems, each bounded: an event with
+    thousands of bad fields gives a short message, not one line per field."""
+    problems = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for problem in problems[:shown]:
+        where = ".".join(str(p) for p in problem["loc"]) or "(data)"
+        parts.append(f"{where[:80]}: {problem['msg'][:200]}")
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return f"{len(problems)} problem(s): " + "; ".join(parts) + more
+
+
 class RawEvent(BaseModel):
     """An envelope whose type the registry does not know: kept as it is, never a crash."""
 
@@ -249,11 +277,19 @@ class EventRegistry:
         cls = self._types.get(envelope.event_type)
         if cls is None:
             return RawEvent(event_type=envelope.event_type, data=envelope.data)
+        what = (
+            f"event {envelope.event_id} ({envelope.event_type[:200]} "
+            f"v{envelope.schema_version}) of stream {envelope.stream_id[:200]!r}"
+        )
+        for part in (envelope.data, envelope.metadata):
+            if isinstance(part, UndecodableData):
+                raise InvalidEvent(f"{what}: its stored JSON {part.reason}; it cannot be projected")
         data = self.upcast(envelope.event_type, envelope.schema_version, envelope.data)
         try:
             return cls.model_validate(data)
-        except ValueError as exc:
+        except ValidationError as exc:
             raise InvalidEvent(
-                f"event {envelope.event_id} ({envelope.event_type} v{envelope.schema_version}) "
-                f"of stream {envelope.stream_id!r} does not match its class: {exc}"
+                f"{what} does not match its class: {_validation_summary(exc)}"
             ) from None
+        except ValueError as exc:
+            raise InvalidEvent(f"{what} does not match its class: {str(exc)[:500]}") from None

@@ -9,7 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -111,8 +119,8 @@ class Settings(BaseSettings):
 
     @field_validator("event_store_schema", "read_model_schema")
     @classmethod
-    def _name(cls, value: str) -> str:
-        return validate_name("schema", value)
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        return validate_name(info.field_name or "schema", value)
 
     @classmethod
     def settings_customise_sources(

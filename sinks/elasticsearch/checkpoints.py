@@ -47,6 +47,8 @@ class CheckpointStore:
         self.cluster = cluster
         self.index = index
         self._known: dict[str, StoredCheckpoint] = {}
+        self._in_doubt: dict[str, Position] = {}
+        """Per checkpoint document: the position a move was sent for whose answer was lost."""
 
     def forget(self, target: Target) -> None:
         self._known.pop(doc_id(target), None)
@@ -78,15 +80,19 @@ class CheckpointStore:
         self, target: Target, lane: str, expected: Position | None, new: Position
     ) -> bool:
         """Before any data is sent: True if the checkpoint must still move to ``new``, False
-        if it is already there (an earlier attempt of this batch landed and its answer was
-        lost; the data writes are repeated harmlessly). Raises :class:`CheckpointConflict`
-        when the stored checkpoint is neither ``expected`` nor ``new``."""
+        if it is already there because this sink's own earlier move to ``new`` landed and its
+        answer was lost (the data writes are repeated harmlessly). Raises
+        :class:`CheckpointConflict` when the stored checkpoint is not ``expected``, including
+        when it is ``new`` but another writer put it there: a second runner flushing the very
+        same batch is told, not taken for a resend."""
+        key = doc_id(target)
         stored = await self.current(target)
         if stored.position not in (expected, new):
             stored = await self.read(target)
         if stored.position == expected:
             return True
-        if stored.position == new:
+        if stored.position == new and self._in_doubt.get(key) == new:
+            del self._in_doubt[key]
             return False
         raise CheckpointConflict(lane, expected, stored.position)
 
@@ -131,8 +137,10 @@ class CheckpointStore:
             error = translate(exc, what, self.cluster.settings.secrets(), in_commit=True)
             if isinstance(error, TransientError):
                 # Whatever failed, the write may have landed: the lane must re-read.
+                self._in_doubt[key] = new
                 raise AmbiguousCommit(str(error)) from None
             raise error from None
+        self._in_doubt.pop(key, None)
         self._known[key] = StoredCheckpoint(
             new, int(answer["_seq_no"]), int(answer["_primary_term"])
         )

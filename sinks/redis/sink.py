@@ -10,7 +10,9 @@ Guarantees (see docs/sinks/redis.md):
   expire but its version cannot go back. :meth:`load` reports an expired (or evicted)
   document as missing: the lane then refolds the stream from the event log.
 * A connection lost after the script was sent is an :class:`~core.errors.AmbiguousCommit`;
-  resending the same batch after it landed is recognised by the script (``done``).
+  the resend of that batch after it landed is recognised by the script (``done``) and
+  accepted. The same ``done`` for a batch this sink did not lose the reply of is another
+  runner that flushed the very same batch: :class:`~core.errors.CheckpointConflict`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class RedisSink(Sink):
         self._checked = False
         self._warned: set[str] = set()
         """Lanes already told that their batches exceed the sink's bounds."""
+        self._in_doubt: dict[tuple[str, int], Position] = {}
+        """Per (lane, generation): the checkpoint of a batch sent whose reply was lost."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -223,9 +227,11 @@ class RedisSink(Sink):
         layout = layout_for(target)
         keys, args = self._encode(target, layout, batch)
         what = f"writing a batch of lane {target.lane} up to {batch.checkpoint}"
+        doubt = (target.lane, target.generation)
         try:
             reply = await commit_script(self.client, WRITE, keys, args)
         except SentButUnanswered as lost:
+            self._in_doubt[doubt] = batch.checkpoint
             raise AmbiguousCommit(
                 f"lane {target.lane}: the connection to Redis at {self.settings.address()} "
                 f"failed after the batch up to {batch.checkpoint} was sent "
@@ -240,7 +246,12 @@ class RedisSink(Sink):
             raise CheckpointConflict(
                 batch.lane, batch.expected_checkpoint, Position.parse(found) if found else None
             )
+        in_doubt = self._in_doubt.pop(doubt, None)
         if status == "done":
+            # The checkpoint is already this batch's own: the resend of a batch whose reply
+            # this sink lost, or another runner that flushed the very same batch.
+            if in_doubt != batch.checkpoint:
+                raise CheckpointConflict(batch.lane, batch.expected_checkpoint, batch.checkpoint)
             log.info("lane %s: batch up to %s had already landed", batch.lane, batch.checkpoint)
 
     def _encode(

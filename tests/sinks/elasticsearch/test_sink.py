@@ -10,6 +10,7 @@ import pytest
 from elasticsearch import AsyncElasticsearch
 
 from core.errors import (
+    AmbiguousCommit,
     CheckpointConflict,
     ConfigurationError,
     DocumentRejected,
@@ -123,15 +124,46 @@ async def test_checkpoint_compare_and_set(
     with pytest.raises(CheckpointConflict):
         await sink.write(t, batch([], None, P(7, 7)))
     assert await sink.read_checkpoint(t) == P(6, 6)
-    # a batch whose checkpoint already landed (its answer was lost) is written again harmlessly
+    # the very same batch from a writer that did not send it first is a second writer
     async with ElasticsearchSink(es_settings) as again:
-        await again.write(t, batch([PutDocument("order-2", 1, order(2))], P(5, 5), P(6, 6)))
-        assert again.last_report.already_applied == 1
+        with pytest.raises(CheckpointConflict):
+            await again.write(t, batch([PutDocument("order-2", 1, order(2))], P(5, 5), P(6, 6)))
     assert await sink.read_checkpoint(t) == P(6, 6)
     # generations have their own checkpoints
     g2 = target(generation=2)
     await sink.prepare(g2)
     assert await sink.read_checkpoint(g2) is None
+
+
+async def test_a_lost_checkpoint_answer_is_ambiguous_and_the_resend_is_accepted(
+    sink: ElasticsearchSink,
+) -> None:
+    """The checkpoint write lands but its answer is lost (the client raises after the real
+    call): AmbiguousCommit; the resend of that very batch by this sink is accepted as landed,
+    its data sent again harmlessly (answered 409)."""
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([], None, P(5, 5)))
+    client: Any = sink.checkpoints.cluster.client
+    real_index = client.index
+
+    async def index_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        await real_index(*args, **kwargs)
+        raise TimeoutError("the answer was lost")
+
+    client.index = index_then_lose_the_answer
+    resent = batch([PutDocument("order-2", 1, order(2))], P(5, 5), P(6, 6))
+    try:
+        with pytest.raises(AmbiguousCommit):
+            await sink.write(t, resent)
+    finally:
+        del client.index
+    assert await sink.read_checkpoint(t) == P(6, 6)
+    await sink.write(t, resent)
+    assert sink.last_report.already_applied == 1
+    assert await sink.read_checkpoint(t) == P(6, 6)
+    with pytest.raises(CheckpointConflict):  # once resolved, a third copy is a second writer
+        await sink.write(t, resent)
 
 
 async def test_rejected_document_after_its_neighbours(sink: ElasticsearchSink) -> None:

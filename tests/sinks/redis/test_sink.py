@@ -103,15 +103,18 @@ async def test_checkpoint_conflict_applies_nothing(sink: RedisSink, namespace: s
     assert await sink.load(t, ["a", "b"]) == {"a": _stored(1, DOC)}
 
 
-async def test_a_batch_that_already_landed_is_accepted_again(
+async def test_the_same_batch_from_a_second_writer_is_a_conflict(
     sink: RedisSink, namespace: str
 ) -> None:
-    """The resend after a lost answer: the stored checkpoint is the batch's own."""
+    """The stored checkpoint is the batch's own but this sink never lost its reply: another
+    runner flushed the very same batch. It is told (the resend after a lost reply is accepted:
+    test_server_faults.py::test_a_lost_reply_of_a_batch_that_landed_is_an_ambiguous_commit)."""
     t = target(namespace)
     await sink.prepare(t)
     first = batch([PutDocument("a", 1, DOC)], None, P1)
     await sink.write(t, first)
-    await sink.write(t, first)
+    with pytest.raises(CheckpointConflict):
+        await sink.write(t, first)
     assert await sink.read_checkpoint(t) == P1
 
 
