@@ -103,6 +103,8 @@ class App:
             self.sinks[name] = await self._open_sink(name)
         for lane in enabled:
             self.lanes.append(self._lane(lane))
+        for built in self.lanes:
+            built.sink.check_target(built.target)
         self.runner = Runner(self.store, self.lanes)
 
     async def _open_sink(self, name: str) -> Sink:

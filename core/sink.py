@@ -101,6 +101,12 @@ class Sink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def check_target(self, target: Target) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~core.errors.ConfigurationError` for lane options this sink cannot use
+        (a bad key prefix, a bad TTL...), without any I/O. The runner calls it for every lane
+        before any lane starts, so a bad option stops the start with one clear line instead of
+        halting its lane later. The default accepts everything."""
+
     @abstractmethod
     async def prepare(self, target: Target) -> None:
         """Create the target's storage if missing; apply additive changes; refuse others."""

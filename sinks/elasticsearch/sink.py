@@ -122,6 +122,12 @@ class ElasticsearchSink(Sink):
 
     # -- the contract ----------------------------------------------------------------------
 
+    def check_target(self, target: Target) -> None:
+        """The index options are valid (the decimal type the cluster has is settled later)."""
+        options = dict(target.options)
+        options.setdefault("decimal_type", "double")
+        IndexLayout.of(target.schema, options)
+
     async def prepare(self, target: Target) -> None:
         """Create the checkpoint index and the generation's index (with the alias for
         generation 1); an existing index takes added fields and refuses changed ones."""

@@ -164,6 +164,12 @@ class RedisSink(Sink):
 
     # -- the contract ----------------------------------------------------------------------
 
+    def check_target(self, target: Target) -> None:
+        """``key_prefix`` (a lower-case name: no glob or hash-tag character) and
+        ``ttl_seconds`` are valid."""
+        layout_for(target)
+        ttl_for(target)
+
     async def prepare(self, target: Target) -> None:
         """Validate the options, refuse a prefix another lane writes, and point ``live`` at
         this generation when no generation is live yet."""
