@@ -25,6 +25,7 @@ from core.errors import ConfigurationError, ProjectionistError, StoreUnavailable
 from core.logs import configure_logging
 from core.position import START
 from core.redact import redact_text
+from core.retry import LogThrottle
 from core.settings import Settings, load_settings
 from core.status import StatusReport, collect_status, publish_status
 
@@ -75,13 +76,21 @@ def _only(app_: App, lanes: list[str]) -> None:
 
 
 async def _publisher(app_: App) -> None:
-    """Publish lane states every 2 s; refresh the lag and fence age the metrics show."""
+    """Publish lane states every 2 s; refresh the lag and fence age the metrics show. While a
+    store stays down, its failure is logged once a minute (as the lanes do), not every 2 s."""
+    throttle = LogThrottle()
     while True:
         try:
             await publish_status(app_.store, app_.lanes, app_.owner)
             app_.last_report = await collect_status(app_)
+            throttle.reset()
         except (OSError, ProjectionistError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("could not publish lane status: %s", exc)
+            if throttle.should_log():
+                log.warning(
+                    "could not publish lane status (%d similar lines suppressed): %s",
+                    throttle.suppressed,
+                    exc,
+                )
         await anyio.sleep(2.0)
 
 
@@ -137,9 +146,8 @@ def run(
                 group.cancel_scope.cancel()
             halted = app_.runner.halted()
             for ln in halted:
-                err.print(
-                    f"[red]lane {ln.name} halted[/red] at {ln.halted_at}: {ln.stats.last_error}"
-                )
+                where = f" at {ln.halted_at}" if ln.halted_at is not None else ""
+                err.print(f"[red]lane {ln.name} halted[/red]{where}: {ln.stats.last_error}")
             return 1 if halted else 0
 
     code = _main(go)

@@ -34,6 +34,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level)
-    for chatty in ("elastic_transport", "elasticsearch", "asyncio"):
+    for chatty in ("elasticsearch", "asyncio"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # One warning per failed request (a node marked dead): the sink maps every failure into
+    # the error a lane logs, throttled, so these would only repeat it without bound.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     root._projectionist = True  # type: ignore[attr-defined]

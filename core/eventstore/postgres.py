@@ -25,7 +25,7 @@ from core.errors import (
     EventLogRestored,
     InvalidEvent,
 )
-from core.events import EventEnvelope, EventLimits, NewEvent
+from core.events import EventEnvelope, EventLimits, NewEvent, UndecodableData
 from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, check_batch
 from core.eventstore.postgres_schema import schema_ddl
 from core.naming import quote_ident, validate_name
@@ -47,7 +47,18 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     """Decode json and jsonb as Python objects on every pooled connection."""
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=jsontext.loads, schema="pg_catalog"
+            typename, encoder=json.dumps, decoder=_decode_stored_json, schema="pg_catalog"
+        )
+
+
+def _decode_stored_json(text: str) -> Any:
+    """A stored JSON value; one nested too deep for Python becomes :class:`UndecodableData`
+    (the event is then parked or halts its lane) instead of failing the whole read."""
+    try:
+        return jsontext.loads(text)
+    except RecursionError:
+        return UndecodableData(
+            f"nests deeper than Python's JSON decoder follows ({len(text)} characters)"
         )
 
 
@@ -150,6 +161,7 @@ class PostgresEventStore(EventStore):
         self._dsn = dsn
         self._sql = _Sql(schema)
         self._listener: asyncpg.Connection | None = None
+        self._listener_lock = anyio.Lock()
         self._signal = anyio.Event()
 
     @classmethod
@@ -364,14 +376,19 @@ class PostgresEventStore(EventStore):
         return int(rows[0][0])
 
     async def fence_age(self) -> float:
-        """Age in seconds of the oldest open transaction with an assigned id, cluster-wide.
+        """Age in seconds of the oldest open transaction with an assigned id, cluster-wide,
+        prepared (two-phase) transactions included: a forgotten ``PREPARE TRANSACTION`` holds
+        every reader back until someone commits or rolls it back.
 
         Needs ``pg_read_all_stats`` (or superuser) to see other roles' sessions.
         """
         rows = await self._fetch(
             "reading the fence age",
-            "SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0) "
-            "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+            "SELECT greatest("
+            "(SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0) "
+            "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), "
+            "(SELECT coalesce(extract(epoch FROM max(clock_timestamp() - prepared)), 0) "
+            "FROM pg_prepared_xacts))",
         )
         return float(rows[0][0])
 
@@ -397,13 +414,20 @@ class PostgresEventStore(EventStore):
         self._signal = anyio.Event()
 
     async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            self._listener = await asyncpg.connect(self._dsn)
-            await self._listener.add_listener(f"{self.schema}_events", self._notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            self._listener = None  # fall back to polling until the next call retries
+        """One LISTEN connection for the whole store: lanes waiting at once share it."""
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                await conn.add_listener(f"{self.schema}_events", self._notified)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                if conn is not None:
+                    conn.terminate()
+                self._listener = None  # fall back to polling until the next call retries
+                return
+            self._listener = conn
 
     async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
         """Return on a NOTIFY from a committed append (or one since ``seen``), or after

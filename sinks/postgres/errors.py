@@ -24,6 +24,7 @@ __all__ = ("DRIVER_ERRORS", "is_data_error", "translate")
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )

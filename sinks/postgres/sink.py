@@ -225,6 +225,7 @@ class PostgresSink(Sink):
         rows = encode_operations(batch.lane, stm.layout.fields, batch.operations)
         what = f"lane {batch.lane}: writing {len(rows)} documents up to {batch.checkpoint}"
         doubt = (target.lane, target.generation)
+        done = False
         try:
             async with self.pool.acquire() as conn:
                 tx = conn.transaction()
@@ -239,14 +240,18 @@ class PostgresSink(Sink):
                 if landed:
                     await _rollback(tx)
                     self._in_doubt.pop(doubt, None)
+                    done = True
                     return
                 try:
                     await tx.commit()
                 except DRIVER_ERRORS as exc:
                     self._in_doubt[doubt] = batch.checkpoint
                     raise self._error(exc, f"{what} (COMMIT)", in_commit=True) from None
+                done = True
                 self._in_doubt.pop(doubt, None)
         except DRIVER_ERRORS as exc:
+            if done:
+                return  # committed: only handing the connection back to the pool failed
             if is_data_error(exc):
                 raise await self._locate(stm, rows, exc) from None
             raise self._error(exc, what) from None
