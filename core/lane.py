@@ -119,12 +119,18 @@ class Lane(ParksRejectedDocuments):
 
     # -- retries ---------------------------------------------------------------------------
 
-    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Await ``fn()`` until it succeeds; transient errors retry with backoff, forever."""
+    async def _retrying(self, what: str, fn: Callable[[], Any], *, shielded: bool = False) -> Any:
+        """Await ``fn()`` until it succeeds; transient errors retry with backoff, forever.
+
+        ``shielded``: each attempt runs to its end even when the lane is cancelled (a write is
+        never cut in the middle of its round trip), but the wait between attempts is not, so a
+        stop is never held up by a store that stays down.
+        """
         attempt = 0
         while True:
             try:
-                result = await fn()
+                with anyio.CancelScope(shield=shielded):
+                    result = await fn()
             except TransientError as exc:
                 attempt += 1
                 self.stats.retries += 1
@@ -377,7 +383,11 @@ class Lane(ParksRejectedDocuments):
     # -- flushing --------------------------------------------------------------------------
 
     async def _flush(self, pending: Pending) -> Pending:
-        """Write the pending operations with the new checkpoint; shielded from cancellation."""
+        """Write the pending operations with the new checkpoint.
+
+        Every attempt runs to its end even when the lane is cancelled (SIGTERM): a healthy
+        store finishes the flush; a store that stays down is given up between attempts, which
+        is safe because the checkpoint only moves with the data."""
         batch = Batch(
             lane=self.name,
             operations=pending.operations(),
@@ -386,18 +396,20 @@ class Lane(ParksRejectedDocuments):
             events=pending.events,
         )
         started = monotonic()
-        with anyio.CancelScope(shield=True):
-            if pending.parked:
-                letters = list(pending.parked)
-                await self._retrying("parking events", lambda: self.dead_letters.park(letters))
-            batch = await self._write_parking_rejected(batch, pending)
-            if pending.resolved:
-                done = list(pending.resolved)
-                await self._retrying(
-                    "resolving retried events",
-                    lambda: self.dead_letters.set_status(self.name, done, "resolved"),
-                )
-                self._retried.difference_update(done)
+        if pending.parked:
+            letters = list(pending.parked)
+            await self._retrying(
+                "parking events", lambda: self.dead_letters.park(letters), shielded=True
+            )
+        batch = await self._write_parking_rejected(batch, pending)
+        if pending.resolved:
+            done = list(pending.resolved)
+            await self._retrying(
+                "resolving retried events",
+                lambda: self.dead_letters.set_status(self.name, done, "resolved"),
+                shielded=True,
+            )
+            self._retried.difference_update(done)
         self.checkpoint = batch.checkpoint
         self._flush_now = False
         self._record(pending, monotonic() - started)

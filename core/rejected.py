@@ -40,7 +40,9 @@ class ParksRejectedDocuments:
     stats: LaneStats
     _blocked: dict[str, UUID]
 
-    async def _retrying(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def _retrying(
+        self, what: str, fn: Callable[[], Awaitable[Any]], *, shielded: bool = False
+    ) -> Any:
         raise NotImplementedError
 
     async def _write(self, batch: Batch) -> None:
@@ -58,7 +60,9 @@ class ParksRejectedDocuments:
         current = batch
         while True:
             try:
-                await self._retrying("writing a batch", partial(self._write, current))
+                await self._retrying(
+                    "writing a batch", partial(self._write, current), shielded=True
+                )
                 return current
             except DocumentRejected as rejected:
                 if self.policy is not ErrorPolicy.PARK:
@@ -77,13 +81,14 @@ class ParksRejectedDocuments:
         if not mine or key in self._blocked:
             raise rejected  # nothing of this batch to park: never drop silently
         found = await self._retrying(
-            "loading a rejected document", lambda: self.sink.load(self.target, [key])
+            "loading a rejected document", lambda: self.sink.load(self.target, [key]), shielded=True
         )
         stored = found.get(key)
         top = max(op.version for op in mine)
         events = await self._retrying(
             f"reading stream {key} to park a rejected document",
             partial(self.store.read_stream, key, (stored.version if stored else 0) + 1, top),
+            shielded=True,
         )
         if not events:
             raise rejected
@@ -92,7 +97,9 @@ class ParksRejectedDocuments:
         letters = [DeadLetter.of(self.name, events[0], reason)]
         held = f"held behind parked event {first}"
         letters += [DeadLetter.of(self.name, e, held, first) for e in events[1:]]
-        await self._retrying("parking events", lambda: self.dead_letters.park(letters))
+        await self._retrying(
+            "parking events", lambda: self.dead_letters.park(letters), shielded=True
+        )
         self._blocked[key] = first
         self.stats.parked += len(letters)
         self.stats.last_error = str(rejected)

@@ -12,6 +12,7 @@ from core.errors import ConfigurationError, PermanentError
 from core.eventstore.base import EventStore
 from core.lane import Lane
 from core.position import Position
+from core.redact import redact_text
 from core.source import SharedTail
 from core.strategy import LaneState
 
@@ -46,12 +47,18 @@ class Runner:
             raise ConfigurationError("lane", name, f"known lanes: {known}") from None
 
     async def _run_lane(self, lane: Lane, until_caught_up: bool) -> None:
+        """Run one lane; whatever it raises stops that lane only (state ``halted``, the error
+        recorded and logged), never the other lanes."""
         try:
             await lane.run(until_caught_up=until_caught_up)
         except PermanentError as exc:
             lane.state = LaneState.HALTED
             lane.stats.last_error = str(exc)
             log.error("lane %s stopped: %s", lane.name, exc)
+        except Exception as exc:  # a bug or an unmapped driver error: this lane's failure only
+            lane.state = LaneState.HALTED
+            lane.stats.last_error = redact_text(f"unexpected {type(exc).__name__}: {exc}")
+            log.error("lane %s stopped: %s", lane.name, lane.stats.last_error)
 
     async def run(self, *, until_caught_up: bool = False) -> None:
         """Run every lane; with ``until_caught_up`` return once each is at the head."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from core.errors import ProjectionistError
 from core.eventstore.postgres import PostgresEventStore
 from core.lane import Lane
 from core.naming import quote_ident
@@ -100,7 +101,12 @@ async def collect_status(app: App) -> StatusReport:
     lanes = []
     now = datetime.now(UTC)
     for lane in app.lanes:
-        checkpoint = await lane.sink.read_checkpoint(lane.target)
+        store_error: str | None = None
+        try:
+            checkpoint = await lane.sink.read_checkpoint(lane.target)
+        except ProjectionistError as exc:  # one store down never blanks the other lanes
+            checkpoint = lane.checkpoint
+            store_error = f"reading the checkpoint: {exc}"
         after = checkpoint or START
         lag = await store.count_between(after, head) if head else 0
         lag_seconds = 0.0
@@ -110,7 +116,7 @@ async def collect_status(app: App) -> StatusReport:
                 lag_seconds = max(0.0, (now - first[0].recorded_at).total_seconds())
         row = published.get(lane.name)
         live = row is not None and float(row["age"]) < STALE_AFTER
-        error = row["last_error"] if row is not None else None
+        error = (row["last_error"] if row is not None else None) or store_error
         lanes.append(
             LaneStatus(
                 lane=lane.name,

@@ -8,6 +8,7 @@ move its checkpoint past A's lower positions, losing them for good when A commit
 
 from __future__ import annotations
 
+from contextlib import suppress
 from time import monotonic
 from uuid import uuid4
 
@@ -195,3 +196,29 @@ async def test_restored_log_is_refused_with_the_remedy(
     await pg_conn.execute(f"DELETE FROM \"{namespace}\".events WHERE stream_id = 'restored-1'")
     healthy = await PostgresEventStore.connect(postgres_dsn, schema=namespace)
     await healthy.close()
+
+
+async def test_a_prepared_transaction_holds_the_fence_and_its_age_is_reported(
+    pg_store_factory: PgStoreFactory, postgres_dsn: str
+) -> None:
+    """A two-phase transaction left prepared holds every reader back, with no session open;
+    ``fence_age`` reports it so an operator can find and end it."""
+    store = await pg_store_factory()
+    other = await asyncpg.connect(postgres_dsn)
+    name = f"projectionist-test-{uuid4()}"
+    try:
+        allowed = int(await other.fetchval("SHOW max_prepared_transactions"))
+        assert allowed > 0, "restart Postgres with `scripts/services down postgres && up`"
+        await other.execute("BEGIN")
+        await other.fetchval("SELECT pg_current_xact_id()")
+        await other.execute(f"PREPARE TRANSACTION '{name}'")
+        await store.append("x-1", events(2), NO_STREAM)
+        await anyio.sleep(0.3)
+        assert await store.read(START, 10) == []
+        assert await store.fence_age() >= 0.3
+        await other.execute(f"ROLLBACK PREPARED '{name}'")
+        assert len(await read_until(store, 2)) == 2
+    finally:
+        with suppress(asyncpg.PostgresError):
+            await other.execute(f"ROLLBACK PREPARED '{name}'")
+        await other.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from core.errors import StoreUnavailable
 from core.events import NewEvent
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
@@ -274,3 +275,65 @@ async def test_landed_commit_whose_answer_and_reread_are_lost_is_not_a_conflict(
     await ln.run(until_caught_up=True)
     assert ln.state is LaneState.IDLE
     assert sink.state(ln.target).live_documents() == oracle(await everything(store))
+
+
+class DownSink(InMemorySink):
+    """A store that stays down: every write fails transiently, after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay = delay
+        self.attempts = 0
+        self.finished = 0
+
+    async def write(self, target: object, batch: object) -> None:  # type: ignore[override]
+        self.attempts += 1
+        await anyio.sleep(self.delay)
+        self.finished += 1
+        raise StoreUnavailable("the store is down")
+
+
+async def test_a_stop_is_not_held_up_by_a_store_that_stays_down() -> None:
+    """Cancelled while retrying a flush, the lane stops between attempts, promptly; an attempt
+    in flight when the stop comes is finished, never cut in the middle."""
+    store = InMemoryEventStore()
+    await fill(store)
+    sink = DownSink(delay=0.3)
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=10))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(ln.run)
+            with anyio.fail_after(5):
+                while sink.attempts < 3:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # an attempt is in flight
+            stopped_at = anyio.current_time()
+            group.cancel_scope.cancel()
+    assert anyio.current_time() - stopped_at < 1.0
+    assert sink.finished == sink.attempts  # the attempt in flight ran to its end
+    assert sink.state(ln.target).checkpoint is None
+
+
+async def test_a_stop_lets_a_healthy_flush_finish() -> None:
+    """Cancelled during the write of a healthy store, the flush completes and the checkpoint
+    moves with its data."""
+
+    class SlowSink(InMemorySink):
+        started = anyio.Event()
+
+        async def write(self, target: object, batch: object) -> None:  # type: ignore[override]
+            self.started.set()
+            await anyio.sleep(0.3)
+            await super().write(target, batch)  # type: ignore[arg-type]
+
+    store = InMemoryEventStore()
+    await fill(store)
+    sink = SlowSink()
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=1000))
+    async with anyio.create_task_group() as group:
+        group.start_soon(ln.run)
+        await sink.started.wait()
+        group.cancel_scope.cancel()
+    stored = sink.state(ln.target)
+    assert stored.checkpoint == await store.head()
+    assert stored.live_documents() == oracle(await everything(store))
