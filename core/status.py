@@ -88,7 +88,11 @@ async def publish_status(store: PostgresEventStore, lanes: list[Lane], owner: st
     )
 
 
-async def collect_status(app: App) -> StatusReport:
+async def collect_status(app: App, *, tolerate_stores: bool = False) -> StatusReport:
+    """The status of every lane. A store that cannot answer for a lane's checkpoint fails the
+    whole report (the ``status`` command says so and exits non-zero), or, with
+    ``tolerate_stores`` (the running runner's metrics), shows on that lane only: its
+    in-memory checkpoint and the error."""
     store = app.store
     head = await store.head()
     published: dict[str, Any] = {
@@ -105,6 +109,8 @@ async def collect_status(app: App) -> StatusReport:
         try:
             checkpoint = await lane.sink.read_checkpoint(lane.target)
         except ProjectionistError as exc:  # one store down never blanks the other lanes
+            if not tolerate_stores:
+                raise
             checkpoint = lane.checkpoint
             store_error = f"reading the checkpoint: {exc}"
         after = checkpoint or START
