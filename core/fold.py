@@ -72,13 +72,20 @@ class Pending:
         return tuple(ops)
 
     def flushed(self, keep_documents: int) -> Pending:
-        """The pending state right after a successful flush: a clean cache of what is stored
-        (dropped whole when it holds more than ``keep_documents``)."""
-        if len(self.docs) > keep_documents:
-            return Pending(position=self.position)
+        """The pending state right after a successful flush: a clean cache of what is stored.
+
+        The cache keeps every document while they number at most ``keep_documents``; past
+        that, only the ones this flush wrote (the most recently used: a stream being written
+        now is the one most likely to get the next event), or none when those alone are more.
+        Memory stays bounded by the batch being folded, whatever the history's length.
+        """
         for key in self.dirty:
             self.docs[key].dirty = False
-        return Pending(position=self.position, docs=self.docs)
+        docs = self.docs
+        if len(docs) > keep_documents:
+            recent = {key: docs[key] for key in self.dirty}
+            docs = recent if len(recent) <= keep_documents else {}
+        return Pending(position=self.position, docs=docs)
 
 
 class EventFailed(Exception):
