@@ -46,8 +46,10 @@ test: install services check
 demo: install services
 	@$(WITH_ENV) $(BIN)/projectionist demo
 
+# One run of every benchmark part (bench/README.md); BENCH_ARGS="--quick" for a smoke run.
+BENCH_ARGS ?=
 bench: install services
-	@for b in bench/*.py; do echo "== $$b"; $(WITH_ENV) $(BIN)/python $$b; done
+	@$(WITH_ENV) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -232,11 +232,11 @@ class Lane(ParksRejectedDocuments):
         return pending.position != (self.checkpoint or START)
 
     def _threshold(self, behind: bool) -> int:
-        """Events per flush: larger while catching up, so a replay writes each document once
-        per many events instead of once per few (freshness at the head is unaffected)."""
-        events = self.strategy.max_batch
-        if behind:
-            events = max(events, self.strategy.catch_up_batch)
+        """Events per flush: ``catch_up_batch`` while behind the head (larger than an
+        immediate lane's batch, so a replay writes each document once per many events; smaller
+        than a batch lane's, so a rebuild's memory stays bounded), ``max_batch`` at the head;
+        never more than the sink takes in one batch."""
+        events = self.strategy.catch_up_batch if behind else self.strategy.max_batch
         return min(events, self.sink.capabilities.max_batch_operations)
 
     def _due(self, pending: Pending, behind: bool) -> bool:

@@ -1,0 +1,1 @@
+"""The benchmark harness (``bench/run.py``, ``make bench``); see bench/README.md."""

@@ -1,0 +1,90 @@
+"""Where the benchmark writes: the services' addresses, and one namespace per part of the run
+(its own Postgres schema, Redis key prefixes, Elasticsearch indices and DuckDB file), so
+parts never share a read model and everything is removed at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from elasticsearch import AsyncElasticsearch
+from redis.asyncio import Redis
+
+__all__ = ("Services", "Where", "clear")
+
+
+@dataclass(frozen=True)
+class Services:
+    """The addresses of the stores, from the ``PROJECTIONIST_*`` variables."""
+
+    dsn: str
+    redis_url: str
+    elasticsearch_url: str
+
+    @classmethod
+    def from_environment(cls) -> Services:
+        names = ("POSTGRES_DSN", "REDIS_URL", "ELASTICSEARCH_URL")
+        values = [os.environ.get(f"PROJECTIONIST_{n}", "") for n in names]
+        missing = [f"PROJECTIONIST_{n}" for n, v in zip(names, values, strict=True) if not v]
+        if missing:
+            raise SystemExit(
+                f"set {', '.join(missing)} (`make bench` loads them through "
+                "scripts/with-services-env; start the services with `scripts/services up`)"
+            )
+        return cls(*values)
+
+
+@dataclass(frozen=True)
+class Where:
+    """A part's namespace ``ns``: schema ``<ns>_rm`` in Postgres, key prefixes
+    ``<ns>_<projection>`` in Redis, indices ``<ns>_*`` in Elasticsearch, files in ``folder``."""
+
+    namespace: str
+    folder: Path
+
+    @property
+    def read_models(self) -> str:
+        return f"{self.namespace}_rm"
+
+    @property
+    def index_prefix(self) -> str:
+        return f"{self.namespace}_"
+
+    def key_prefix(self, projection: str) -> str:
+        return f"{self.namespace}_{projection}"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.folder / f"{self.namespace}.duckdb"
+
+    def log_file(self, what: str) -> Path:
+        """Where a runner's stderr goes (beside ``folder``: kept after :func:`clear`)."""
+        return self.folder.parent / f"{self.namespace}-{what}.log"
+
+
+async def clear(where: Where, services: Services) -> None:
+    """Remove everything written under ``where`` in every store."""
+    conn = await asyncpg.connect(services.dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{where.read_models}" CASCADE')
+    finally:
+        await conn.close()
+    redis = Redis.from_url(services.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{{{where.namespace}_*", count=1_000)]
+        for start in range(0, len(keys), 1_000):
+            await redis.unlink(*keys[start : start + 1_000])
+    finally:
+        await redis.aclose()
+    es = AsyncElasticsearch(services.elasticsearch_url, request_timeout=120)
+    try:
+        found = await es.indices.get(index=f"{where.index_prefix}*", expand_wildcards="all")
+        if found:
+            await es.indices.delete(index=",".join(sorted(found)))
+    finally:
+        await es.close()
+    if where.folder.exists():
+        shutil.rmtree(where.folder, ignore_errors=True)
