@@ -9,7 +9,7 @@ import asyncpg
 
 from core.deadletters import DeadLetter, DeadLetterStore
 from core.naming import quote_ident, validate_name
-from core.pgerrors import translate_pg_error
+from core.pgerrors import DRIVER_ERRORS, translate_pg_error
 from core.position import Position
 
 __all__ = ("PostgresDeadLetters",)
@@ -48,7 +48,7 @@ ON CONFLICT (lane, event_id) DO UPDATE SET status = 'parked', error = excluded.e
                 [d.blocked_by for d in letters],
                 [json.dumps(d.payload) for d in letters],
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, "parking events") from None
 
     async def find(self, lane: str | None = None, status: str = "parked") -> list[DeadLetter]:
@@ -58,7 +58,7 @@ ON CONFLICT (lane, event_id) DO UPDATE SET status = 'parked', error = excluded.e
         )
         try:
             rows = await self.pool.fetch(query, lane, status)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, "reading dead letters") from None
         return [
             DeadLetter(
@@ -85,7 +85,7 @@ ON CONFLICT (lane, event_id) DO UPDATE SET status = 'parked', error = excluded.e
         query = f"UPDATE {self.table} SET status = $3 WHERE lane = $1 AND event_id = ANY($2)"
         try:
             result = await self.pool.execute(query, lane, event_ids, status)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, "updating dead letters") from None
         return int(result.split()[-1])
 
@@ -94,5 +94,5 @@ ON CONFLICT (lane, event_id) DO UPDATE SET status = 'parked', error = excluded.e
             await self.pool.execute(
                 f"DELETE FROM {self.table} WHERE lane = $1 AND status <> 'skipped'", lane
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, "clearing dead letters") from None

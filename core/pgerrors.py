@@ -14,11 +14,20 @@ from core.errors import (
 )
 from core.redact import redact_text
 
-__all__ = ("TRANSIENT_SQLSTATE_CLASSES", "translate_pg_error")
+__all__ = ("DRIVER_ERRORS", "TRANSIENT_SQLSTATE_CLASSES", "translate_pg_error")
 
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 """Connection exception, transaction rollback (serialization, deadlock), insufficient
 resources, operator intervention (admin shutdown, cancel), system error."""
+
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+"""What asyncpg raises for a store problem; :func:`translate_pg_error` maps each to a core
+error (``InternalClientError`` is a connection whose backend died mid-query)."""
 
 _CONNECTION_ERRORS = (
     asyncpg.exceptions.ConnectionDoesNotExistError,

@@ -29,7 +29,7 @@ from core.events import EventEnvelope, EventLimits, NewEvent, UndecodableData
 from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, check_batch
 from core.eventstore.postgres_schema import schema_ddl
 from core.naming import quote_ident, validate_name
-from core.pgerrors import translate_pg_error
+from core.pgerrors import DRIVER_ERRORS, translate_pg_error
 from core.position import Position
 from core.redact import redact_url
 
@@ -181,7 +181,7 @@ class PostgresEventStore(EventStore):
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=pool_size, init=init_connection
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(
                 exc, f"connecting to the event store at {redact_url(dsn)}"
             ) from None
@@ -277,7 +277,7 @@ class PostgresEventStore(EventStore):
         """
         try:
             found = await conn.fetch(self._sql.existing, [e.event_id for e in events])
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
         if row["written"] == 0:
             if len(found) == len(events) and all(r["stream_id"] == stream_id for r in found):
@@ -294,7 +294,7 @@ class PostgresEventStore(EventStore):
         """The stream's committed version, read on a connection of its own (not the pool's)."""
         try:
             conn = await asyncpg.connect(self._dsn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, f"reading the version of stream {stream_id!r}") from None
         try:
             return int(await conn.fetchval(self._sql.version, stream_id))
@@ -317,13 +317,13 @@ class PostgresEventStore(EventStore):
         """
         try:
             conn = await self.pool.acquire()
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, "opening an append transaction") from None
         try:
             tx = conn.transaction()
             try:
                 await tx.start()
-            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            except DRIVER_ERRORS as exc:
                 raise translate_pg_error(exc, "opening an append transaction") from None
             try:
                 yield _PgAppender(self, conn)
@@ -331,13 +331,13 @@ class PostgresEventStore(EventStore):
                 # A lost connection cannot roll back, but then nothing was committed either.
                 with (
                     anyio.move_on_after(10, shield=True),
-                    suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError),
+                    suppress(*DRIVER_ERRORS),
                 ):
                     await tx.rollback()
                 raise
             try:
                 await tx.commit()
-            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            except DRIVER_ERRORS as exc:
                 raise translate_pg_error(exc, "committing an append", in_commit=True) from None
         finally:
             await self.pool.release(conn)
@@ -345,7 +345,7 @@ class PostgresEventStore(EventStore):
     async def _fetch(self, what: str, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
             return list(await self.pool.fetch(query, *args))
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, what) from None
 
     async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
@@ -422,7 +422,7 @@ class PostgresEventStore(EventStore):
             try:
                 conn = await asyncpg.connect(self._dsn)
                 await conn.add_listener(f"{self.schema}_events", self._notified)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except DRIVER_ERRORS:
                 if conn is not None:
                     conn.terminate()
                 self._listener = None  # fall back to polling until the next call retries

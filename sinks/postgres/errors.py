@@ -16,19 +16,10 @@ from __future__ import annotations
 import asyncpg
 
 from core.errors import AmbiguousCommit, PermanentError, ProjectionistError, StoreUnavailable
-from core.pgerrors import translate_pg_error
+from core.pgerrors import DRIVER_ERRORS, translate_pg_error
 from core.redact import redact_text
 
 __all__ = ("DRIVER_ERRORS", "is_data_error", "translate")
-
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
-"""What asyncpg (and the socket under it) may raise; caught only inside this package."""
 
 _DATA_CLASSES = ("22", "23", "54")
 
