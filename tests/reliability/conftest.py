@@ -9,6 +9,8 @@ import pytest
 from elasticsearch import AsyncElasticsearch
 from redis.asyncio import Redis
 
+from tests.reliability.runs import Services
+
 
 async def _drop_elasticsearch(url: str, prefix: str) -> None:
     client = AsyncElasticsearch(url)
@@ -52,3 +54,9 @@ async def leave_no_trace_async(
     yield
     await _drop_elasticsearch(elasticsearch_url, f"{namespace}_")
     await _drop_redis(redis_url, namespace)
+
+
+@pytest.fixture
+def services(postgres_dsn: str, redis_url: str, elasticsearch_url: str) -> Services:
+    """The services' addresses, for runners started as subprocesses."""
+    return Services(postgres_dsn, redis_url, elasticsearch_url)

@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import asyncpg
@@ -23,8 +23,9 @@ from redis.asyncio import Redis
 from core.events import EventEnvelope
 from core.eventstore.postgres import PostgresEventStore
 from core.position import Position
-from core.settings import Settings, load_settings
+from core.settings import Settings
 from tests.cli.test_commands import cli, one_line_error
+from tests.reliability.runs import LANES, Services, write_config
 from tests.support.orders import expected_orders, make_catalog
 
 pytestmark = [
@@ -37,12 +38,6 @@ pytestmark = [
 ]
 
 BIN = Path(sys.executable).with_name("projectionist")
-LANES = (
-    ("projections.orders:OrderSummary", "postgres"),
-    ("projections.orders:OrderCache", "redis"),
-    ("projections.orders:OrderSearch", "elasticsearch"),
-    ("projections.orders:OrderAnalytics", "duckdb"),
-)
 BIG = 20 * 1024 * 1024
 """Bytes of the largest payload: tens of MB, twenty times the append limit."""
 DEEP = 10_000
@@ -50,82 +45,6 @@ DEEP = 10_000
 within what Postgres accepts with its default ``max_stack_depth`` of 2 MB (about 14,000)."""
 RSS_CEILING = 1024 * 1024 * 1024
 """Peak RSS allowed to the runner over all of it: about 50 times the largest payload."""
-
-
-def write_config(
-    path: Path,
-    namespace: str,
-    duckdb_file: Path,
-    lanes: tuple[tuple[str, str], ...] = LANES,
-    policy: str = "park",
-) -> None:
-    """Four sinks under ``namespace``, one lane per ``(projection, sink)`` with ``policy``."""
-    lines = [
-        f'event_store_schema = "{namespace}"',
-        f'read_model_schema = "{namespace}_rm"',
-        f'duckdb_path = "{duckdb_file}"',
-        "[sinks.postgres]",
-        'factory = "sinks.factories:postgres"',
-        "[sinks.redis]",
-        'factory = "sinks.factories:redis"',
-        "[sinks.elasticsearch]",
-        'factory = "sinks.factories:elasticsearch"',
-        f'options = {{ index_prefix = "{namespace}_" }}',
-        "[sinks.duckdb]",
-        'factory = "sinks.factories:duckdb"',
-    ]
-    for projection, sink in lanes:
-        name = projection.rpartition(":")[2].lower()
-        lines += [
-            "[[lanes]]",
-            f'projection = "{projection}"',
-            f'sink = "{sink}"',
-            f'policy = "{policy}"',
-            'strategy = { kind = "immediate", max_batch = 200, catch_up_batch = 400 }',
-        ]
-        if sink == "redis":
-            lines.append(f'options = {{ key_prefix = "{namespace}{name}" }}')
-    path.write_text("\n".join(lines) + "\n")
-
-
-class Services(NamedTuple):
-    dsn: str
-    redis: str
-    elasticsearch: str
-
-    def env(self, config: Path) -> dict[str, str]:
-        """A runner's environment: these addresses and ``config``, nothing else of ours."""
-        return {
-            "PROJECTIONIST_CONFIG": str(config),
-            "PROJECTIONIST_POSTGRES_DSN": self.dsn,
-            "PROJECTIONIST_REDIS_URL": self.redis,
-            "PROJECTIONIST_ELASTICSEARCH_URL": self.elasticsearch,
-        }
-
-    def settings(self, config: Path, namespace: str, duckdb_file: Path) -> Settings:
-        """What a runner on ``config`` uses (addresses and names given explicitly: the test
-        process's own environment holds other ``PROJECTIONIST_*`` values, which win over it)."""
-        saved = os.environ.get("PROJECTIONIST_CONFIG")
-        os.environ["PROJECTIONIST_CONFIG"] = str(config)
-        try:
-            return load_settings(
-                postgres_dsn=self.dsn,
-                redis_url=self.redis,
-                elasticsearch_url=self.elasticsearch,
-                duckdb_path=duckdb_file,
-                event_store_schema=namespace,
-                read_model_schema=f"{namespace}_rm",
-            )
-        finally:
-            if saved is None:
-                del os.environ["PROJECTIONIST_CONFIG"]
-            else:
-                os.environ["PROJECTIONIST_CONFIG"] = saved
-
-
-@pytest.fixture
-def services(postgres_dsn: str, redis_url: str, elasticsearch_url: str) -> Services:
-    return Services(postgres_dsn, redis_url, elasticsearch_url)
 
 
 def run_measured(env: dict[str, str], timeout: float) -> tuple[int, str, int]:

@@ -27,7 +27,7 @@ from core.operations import Batch, PutDocument
 from core.position import START, Position
 from core.settings import Settings, import_object
 from tests.reliability.canary import canary_divergence
-from tests.reliability.test_hostile import Services, write_config
+from tests.reliability.runs import Services, write_config
 from tests.support.orders import expected_orders, make_catalog
 
 pytestmark = [
@@ -55,11 +55,6 @@ LANES = tuple(
 )
 SHARED = tuple(lane for lane in LANES if lane[1] != "duckdb")
 """The lanes a second runner can contend for: DuckDB admits one runner per file."""
-
-
-@pytest.fixture
-def services(postgres_dsn: str, redis_url: str, elasticsearch_url: str) -> Services:
-    return Services(postgres_dsn, redis_url, elasticsearch_url)
 
 
 class Runner(NamedTuple):
