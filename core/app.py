@@ -125,4 +125,5 @@ class App:
             lookups=self.lookups,
             dead_letters=self.dead_letters,
             options=config.options,
+            document_cache=config.document_cache,
         )

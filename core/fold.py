@@ -75,16 +75,23 @@ class Pending:
         """The pending state right after a successful flush: a clean cache of what is stored.
 
         The cache keeps every document while they number at most ``keep_documents``; past
-        that, only the ones this flush wrote (the most recently used: a stream being written
-        now is the one most likely to get the next event), or none when those alone are more.
-        Memory stays bounded by the batch being folded, whatever the history's length.
+        that, only documents this flush wrote (a stream being written now is the one most
+        likely to get the next event), the newest streams first (a document's place in the
+        cache is when the lane first met it), up to ``keep_documents``. Memory stays bounded
+        by the batch being folded plus the bound, whatever the history's length.
         """
         for key in self.dirty:
             self.docs[key].dirty = False
         docs = self.docs
         if len(docs) > keep_documents:
-            recent = {key: docs[key] for key in self.dirty}
-            docs = recent if len(recent) <= keep_documents else {}
+            recent: dict[str, DocState] = {}
+            if keep_documents > 0:
+                for key in reversed(docs):
+                    if key in self.dirty:
+                        recent[key] = docs[key]
+                        if len(recent) >= keep_documents:
+                            break
+            docs = recent
         return Pending(position=self.position, docs=docs)
 
 

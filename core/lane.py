@@ -81,7 +81,7 @@ class Lane(ParksRejectedDocuments):
         options: dict[str, Any] | None = None,
         generation: int = 1,
         backoff: Backoff | None = None,
-        document_cache: int = 20_000,
+        document_cache: int = 2_000,
         idle_poll: float = 5.0,
     ) -> None:
         self.projection = projection
@@ -346,8 +346,33 @@ class Lane(ParksRejectedDocuments):
         )
 
     async def _load(self, relevant: list[EventEnvelope], pending: Pending) -> None:
-        assert isinstance(self.projection, DocumentProjection)
-        keys = {self.projection.key(e) for e in relevant} - pending.docs.keys()
+        """Put every document the chunk touches in ``pending.docs``: loaded from the sink,
+        or new (version 0) without a round trip when the stream starts in this chunk.
+
+        A stream whose first event here is version 1 has no earlier state to fold on, so
+        nothing is loaded for it. If the sink holds it anyway (a replay after a lost
+        checkpoint), the fold starts again from version 1 and every write it makes is one the
+        sink's version guard refuses or one that is newer than what is stored, computed from
+        the whole stream: correct either way, so the guard, not the load, decides. Streams
+        held behind a parked event, and projections keyed by something other than the stream
+        id, are always loaded.
+        """
+        projection = self.projection
+        assert isinstance(projection, DocumentProjection)
+        docs = pending.docs
+        keys: set[str] = set()
+        for envelope in relevant:
+            key = projection.key(envelope)
+            if key in docs or key in keys:
+                continue
+            if (
+                envelope.stream_version == 1
+                and key == envelope.stream_id
+                and key not in self._blocked
+            ):
+                docs[key] = DocState(0, None)
+            else:
+                keys.add(key)
         if not keys:
             return
         stored = await self._retrying(
@@ -355,9 +380,7 @@ class Lane(ParksRejectedDocuments):
         )
         for key in keys:
             found = stored.get(key)
-            pending.docs[key] = (
-                DocState(found.version, found.document) if found else DocState(0, None)
-            )
+            docs[key] = DocState(found.version, found.document) if found else DocState(0, None)
 
     async def _lookup(self, needed: set[LookupKey]) -> dict[LookupKey, Any]:
         if not needed:

@@ -61,6 +61,9 @@ class LaneSettings(BaseModel):
     policy: ErrorPolicy = ErrorPolicy.HALT
     options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+    document_cache: int = Field(default=2_000, ge=0, le=1_000_000)
+    """Documents a document lane keeps in memory between flushes (the ones it wrote last), so
+    the next events of a stream being written need no load; memory grows with it."""
 
 
 DEFAULT_SINKS: dict[str, SinkSettings] = {

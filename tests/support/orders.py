@@ -9,7 +9,7 @@ from typing import Any
 from core.events import EventEnvelope
 from projections.orders.history import Catalog, make_catalog, order_history
 
-__all__ = ("Catalog", "expected_orders", "make_catalog", "order_history")
+__all__ = ("Catalog", "expected_orders", "make_catalog", "order_history", "renamed")
 
 
 def _money(value: Decimal) -> str:
@@ -79,3 +79,12 @@ def expected_orders(events: list[EventEnvelope], catalog: Catalog) -> dict[str, 
             )
             doc["item_count"] = sum(i["quantity"] for i in doc["items"])
     return out
+
+
+def renamed(catalog: Catalog) -> Catalog:
+    """The same catalog with every customer and product renamed: a replay folded with it
+    writes other documents, so a rewrite that got past a version guard shows in the store."""
+    return Catalog(
+        customers={k: {**v, "name": f"Renamed {v['name']}"} for k, v in catalog.customers.items()},
+        products={k: {**v, "name": f"Renamed {v['name']}"} for k, v in catalog.products.items()},
+    )

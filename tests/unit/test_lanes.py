@@ -139,9 +139,9 @@ async def test_replayed_batches_change_nothing() -> None:
     assert sink.state(ln.target).documents == stored
     assert again.stats.events == len(await everything(store))
     assert again.checkpoint == await store.head()
-    assert again.stats.duplicates == len(
-        [e for e in await everything(store) if e.stream_id.startswith("tally-")]
-    )
+    # Every stream starts in the replayed log, so nothing was loaded: the renamed documents
+    # reached the sink, and its version guard alone kept what was stored.
+    assert again.stats.duplicates == 0
 
 
 async def test_inverted_stream_order_is_repaired_from_the_store() -> None:

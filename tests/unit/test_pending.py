@@ -29,6 +29,11 @@ def test_past_the_bound_only_the_documents_just_written_are_kept() -> None:
     assert not any(state.dirty for state in after.docs.values())
 
 
-def test_nothing_is_kept_when_the_documents_just_written_alone_pass_the_bound() -> None:
+def test_the_newest_documents_just_written_are_kept_up_to_the_bound() -> None:
     after = pending_with(stored=0, written=12).flushed(keep_documents=10)
-    assert after.docs == {}
+    assert sorted(after.docs) == sorted(f"new-{i}" for i in range(2, 12))
+    assert not any(state.dirty for state in after.docs.values())
+
+
+def test_a_bound_of_zero_keeps_nothing() -> None:
+    assert pending_with(stored=3, written=3).flushed(keep_documents=0).docs == {}

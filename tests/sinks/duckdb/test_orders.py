@@ -25,7 +25,7 @@ from tests.sinks.duckdb.support import (
     stored_documents,
     stored_facts,
 )
-from tests.support.orders import Catalog
+from tests.support.orders import Catalog, renamed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.duckdb]
 
@@ -64,12 +64,14 @@ async def test_facts_equal_the_oracle_and_replays_change_nothing(
         sink,
         built.store,
         source=ShiftedSource(built.store),
-        lookups=StaticLookups(catalog.lookups()),
+        lookups=StaticLookups(renamed(catalog).lookups()),
         strategy=batch_strategy(3600, 997),
     )
     await again.run(until_caught_up=True)
     assert again.checkpoint == head
-    assert again.stats.duplicates > 0
+    # Every stream starts in the log, so nothing was loaded: the renamed documents reached the
+    # sink and its version guard alone kept what was stored (checked below).
+    assert again.stats.duplicates == 0 and again.stats.batches >= 2
 
     # Stale and equal versions straight into the sink, with other contents: all refused.
     stale: list[PutDocument | DeleteDocument] = []

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from core.lookups import StaticLookups
 from core.operations import Batch
 from core.position import Position
 from core.sink import Target
@@ -34,6 +35,7 @@ from tests.sinks.elasticsearch.support import (
     order_log,
     search_lane,
 )
+from tests.support.orders import renamed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.elasticsearch]
 
@@ -154,10 +156,12 @@ async def test_a_second_lane_replaying_the_log_changes_nothing(loaded: Loaded) -
     before = await snapshot(loaded)
     async with ElasticsearchSink(loaded.settings, name="again") as again:
         lane = search_lane(loaded.log, again, batch=333)
+        lane.lookups = StaticLookups(renamed(loaded.log.catalog).lookups())
         assert lane.name != "order_search@elasticsearch"
         await lane.run(until_caught_up=True)
-        # it loads what is stored and sees every event as a duplicate: nothing to write
-        assert lane.stats.duplicates == lane.stats.events > 0
+        # Every stream starts in the log, so nothing is loaded: the renamed documents are sent
+        # and refused by their external versions (the snapshot has versions and seq_no).
+        assert lane.stats.duplicates == 0 and lane.stats.events > 0
         assert lane.checkpoint == await loaded.log.store.head()
     assert await snapshot(loaded) == before
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from core.lane import Lane
-from core.lookups import StaticLookups
+from core.lookups import LookupProvider, StaticLookups
 from core.operations import Batch
 from core.runner import Runner
 from core.sink import Target
@@ -26,7 +26,7 @@ from tests.sinks.postgres.support import (
     snapshot,
     view_rows,
 )
-from tests.support.orders import expected_orders, make_catalog
+from tests.support.orders import expected_orders, make_catalog, renamed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -43,7 +43,7 @@ class RecordingSink(PostgresSink):
         self.batches.append((target, batch))
 
 
-def lanes(pg: PgEnv, sink: PostgresSink, catalog: PostgresCatalog) -> list[Lane]:
+def lanes(pg: PgEnv, sink: PostgresSink, catalog: LookupProvider) -> list[Lane]:
     return [
         Lane(
             OrderSummary(),
@@ -155,10 +155,12 @@ async def test_replaying_every_batch_twice_changes_nothing(pg: PgEnv) -> None:
 
         # The whole log again from no checkpoint, through a new lane.
         await sink.pool.execute(f'DELETE FROM "{pg.schema}".projectionist_checkpoints')
-        second = lanes(pg, sink, lookups)[0]
+        # Folded with a renamed catalog: every stream starts in the log, so nothing is loaded
+        # and the renamed rows reach the sink, where the version guard alone keeps them out.
+        second = lanes(pg, sink, StaticLookups(renamed(catalog).lookups()))[0]
         await second.run(until_caught_up=True)
         assert second.checkpoint == head
-        assert second.stats.duplicates == len(events)
+        assert second.stats.duplicates == 0
         assert await snapshot(sink.pool, pg.schema, "order_summary_g1") == before
         summary = await view_rows(sink.pool, pg.schema, "order_summary")
     expected = expected_orders(events, catalog)
