@@ -217,11 +217,18 @@ class EventRegistry:
 
     ``decode`` never raises for an unknown type: it returns a :class:`RawEvent`. It raises
     :class:`InvalidEvent` when a known type's data does not validate after upcasting.
+
+    Lanes of one runner read the same envelope objects (:mod:`core.source`), so ``decode``
+    remembers its last ``memo_size`` results by envelope identity: every lane of a registry
+    after the first gets the same frozen event without validating it again.
     """
+
+    memo_size = 10_000
 
     def __init__(self) -> None:
         self._types: dict[str, type[DomainEvent]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        self._decoded: dict[int, tuple[EventEnvelope, DomainEvent | RawEvent]] = {}
 
     def register(self, event_class: type[DomainEvent]) -> type[DomainEvent]:
         """Register a domain event class (usable as a class decorator)."""
@@ -274,6 +281,17 @@ class EventRegistry:
 
     def decode(self, envelope: EventEnvelope) -> DomainEvent | RawEvent:
         """The typed event for ``envelope``, or a :class:`RawEvent` for an unknown type."""
+        memo = self._decoded
+        found = memo.get(id(envelope))
+        if found is not None and found[0] is envelope:
+            return found[1]
+        event = self._decode(envelope)
+        if len(memo) >= self.memo_size:
+            del memo[next(iter(memo))]  # the oldest: dicts keep insertion order
+        memo[id(envelope)] = (envelope, event)  # held, so its id is not reused meanwhile
+        return event
+
+    def _decode(self, envelope: EventEnvelope) -> DomainEvent | RawEvent:
         cls = self._types.get(envelope.event_type)
         if cls is None:
             return RawEvent(event_type=envelope.event_type, data=envelope.data)

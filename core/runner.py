@@ -1,5 +1,5 @@
 """The runner: one anyio task group owns every lane; a slow, failing or halted lane never
-holds back another. Lanes at the head share one reader of the live tail."""
+holds back another. The lanes read the log through one shared window (:mod:`core.source`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from core.eventstore.base import EventStore
 from core.lane import Lane
 from core.position import Position
 from core.redact import redact_text
-from core.source import SharedTail
+from core.source import SharedLog
 from core.strategy import LaneState
 
 __all__ = ("Runner",)
@@ -28,15 +28,15 @@ class Runner:
     with state ``halted`` and its error recorded; the others go on.
     """
 
-    def __init__(self, store: EventStore, lanes: Iterable[Lane], *, share_tail: bool = True):
+    def __init__(self, store: EventStore, lanes: Iterable[Lane], *, share_log: bool = True):
         self.store = store
         self.lanes: dict[str, Lane] = {}
-        self.tail = SharedTail(store) if share_tail else None
+        self.shared = SharedLog(store) if share_log else None
         for lane in lanes:
             if lane.name in self.lanes:
                 raise ConfigurationError("lane", lane.name, "each lane may be configured once")
-            if self.tail is not None:
-                lane.source = self.tail
+            if self.shared is not None:
+                lane.source = self.shared.reader()
             self.lanes[lane.name] = lane
 
     def lane(self, name: str) -> Lane:

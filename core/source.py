@@ -1,10 +1,19 @@
-"""The lanes' view of the log: lanes behind the head read the store themselves; lanes at the
-head share one reader of the live tail, whose events are decoded once and held in a bounded,
-contiguous window."""
+"""The lanes' shared view of the log: one reader of the store per runner, whose events are
+read and decoded once and held in a bounded, contiguous window that every lane reads through,
+whether it is replaying the log from the start or following the head.
+
+A runner's lanes mostly move together: after a start or a rebuild they all replay the same
+history, and then they all follow the same tail. Each lane reading the store for itself did
+the read and the envelope decoding once per lane; through the window they are done once. Lanes
+that fall out of the window (a lane stalled on its store, or far behind the rest) read the
+store themselves, exactly as before, and join again once they reach it.
+"""
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
+from time import monotonic
 
 import anyio
 
@@ -12,28 +21,69 @@ from core.events import EventEnvelope
 from core.eventstore.base import EventStore
 from core.position import Position
 
-__all__ = ("SharedTail",)
+__all__ = ("LogReader", "SharedLog")
 
 
-class SharedTail:
-    """Serves ``read(after, limit)`` from a window of the newest events when it can.
+@dataclass(slots=True)
+class _Cursor:
+    """Where one reader last asked to read from, and when."""
 
-    Invariant: the window holds every readable event in ``(window_start, window_end]``, in
-    order, without holes (the store's fence guarantees nothing appears behind a read event), so
-    a read served from it equals a read from the store.
+    after: Position
+    at: float
+
+
+class SharedLog:
+    """Serves ``read(after, limit)`` from a window of the log when it can.
+
+    Invariant: the window holds every readable event in ``(start, end]``, in order, without
+    holes (the store's fence guarantees that nothing appears behind an event once it is
+    readable), so a read served from it equals a read from the store. A read that the window
+    covers only in part extends it from the store first, so a short answer always means the
+    head of the store, never the end of the window.
+
+    Bounded memory with a convoy: the window holds at most ``capacity`` events. A reader
+    that would extend it past that waits (up to ``patience`` seconds) for readers that still
+    need its oldest events; a reader that has not read for ``patience`` seconds (stalled on its
+    store, halted, or gone) no longer holds the others back: it reads the store on its own.
+    In one process this costs nothing: the lanes share one core, and a lane waiting for the
+    slowest gives it the CPU.
     """
 
-    def __init__(self, store: EventStore, capacity: int = 20_000, fetch: int = 2_000) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        capacity: int = 10_000,
+        fetch: int = 2_000,
+        patience: float = 5.0,
+    ) -> None:
+        if capacity < fetch:
+            raise ValueError(f"capacity {capacity} must be at least fetch {fetch}")
         self.store = store
         self.capacity = capacity
         self.fetch = fetch
+        self.patience = patience
         self._events: list[EventEnvelope] = []
         self._keys: list[Position] = []
         self._start: Position | None = None
         self._end: Position | None = None
         self._lock = anyio.Lock()
+        self._begun = 0
+        """Extensions begun so far; the number of the newest is its ticket."""
+        self._last = 0
+        self._last_reached_head = False
+        """The ticket of the newest finished extension, and whether it found the head."""
+        self._moved = anyio.Event()
+        self._cursors: dict[int, _Cursor] = {}
         self.store_reads = 0
         self.window_reads = 0
+        self.waits = 0
+
+    def reader(self) -> LogReader:
+        """An :class:`~core.readahead.EventSource` for one lane: its reads count as that
+        lane's place in the convoy."""
+        return LogReader(self)
+
+    # -- reading ---------------------------------------------------------------------------
 
     def _covers(self, after: Position) -> bool:
         return (
@@ -44,40 +94,69 @@ class SharedTail:
         index = bisect.bisect_right(self._keys, after)
         return self._events[index : index + limit]
 
-    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
-        if self._covers(after):
-            found = self._from_window(after, limit)
-            if found:
+    async def read(
+        self, after: Position, limit: int, reader: int | None = None
+    ) -> list[EventEnvelope]:
+        """What ``store.read(after, limit)`` returns now (or returned to a read of the window
+        that began after this one did)."""
+        if reader is not None:
+            self._cursors[reader] = _Cursor(after, monotonic())
+            self._moved.set()
+            self._moved = anyio.Event()
+        if limit <= self.capacity - self.fetch and (
+            self._covers(after) or not self._active(exclude=reader)
+        ):
+            begun = self._begun
+            found = self._from_window(after, limit) if self._covers(after) else []
+            while len(found) < limit:
+                grew = await self._extend(after, begun, reader)
+                # another reader may have extended the window while this one waited
+                found = self._from_window(after, limit) if self._covers(after) else []
+                if not grew:
+                    break
+            if self._covers(after):
                 self.window_reads += 1
                 return found
-            await self._extend(after)
-            self.window_reads += 1
-            return self._from_window(after, limit)
         self.store_reads += 1
-        events = await self.store.read(after, limit)
-        if len(events) < limit:
-            # The caller is at the head: seed the window from here if there is none.
-            async with self._lock:
-                if self._start is None or not self._covers(after):
-                    self._reset(after, events)
-        return events
+        return await self.store.read(after, limit)
 
-    def _reset(self, after: Position, events: list[EventEnvelope]) -> None:
-        if self._start is not None and self._end is not None and after < self._start:
-            return  # keep the newer window; a slower lane reads the store until it catches up
-        self._events = list(events)
-        self._keys = [e.position for e in events]
-        self._start = after
-        self._end = events[-1].position if events else after
+    def _active(self, exclude: int | None) -> bool:
+        """Whether a reader other than ``exclude`` is reading inside the window."""
+        now = monotonic()
+        return any(
+            key != exclude and now - c.at < self.patience and self._covers(c.after)
+            for key, c in self._cursors.items()
+        )
 
-    async def _extend(self, after: Position) -> None:
+    # -- growing the window ----------------------------------------------------------------
+
+    async def _extend(self, after: Position, begun: int, reader: int | None) -> bool:
+        """Read the events past the window's end into it (starting a window at ``after`` when
+        no other reader is using it); False when there were none (the head) or the window is
+        not this reader's to extend.
+
+        Extensions are serialised. A reader that waited for the lock while another reader's
+        extension, begun after this read began, found the head takes that answer instead of
+        asking the store again: it is as fresh as its own would have been.
+        """
         async with self._lock:
-            if self._end is None or after < self._end:
-                return  # another lane extended the window while this one waited
+            if self._last > begun and self._last_reached_head:
+                return False
+            if not self._covers(after):
+                if self._active(exclude=reader):
+                    return False
+                self._events, self._keys = [], []
+                self._start = self._end = after
+            await self._make_room(reader)
+            end = self._end
+            assert end is not None
+            self._begun += 1
+            index = self._begun
             self.store_reads += 1
-            new = await self.store.read(self._end, self.fetch)
+            new = await self.store.read(end, self.fetch)
+            self._last, self._last_reached_head = index, len(new) < self.fetch
             if not new:
-                return
+                return False
             self._events.extend(new)
             self._keys.extend(e.position for e in new)
             self._end = new[-1].position
@@ -86,6 +165,34 @@ class SharedTail:
                 self._start = self._keys[excess - 1]
                 del self._events[:excess]
                 del self._keys[:excess]
+            return True
+
+    async def _make_room(self, reader: int | None) -> None:
+        """Wait while the next extension would drop events another active reader still needs
+        (the extending reader's own are never dropped: see the ``limit`` bound in
+        :meth:`read`)."""
+        while True:
+            excess = len(self._events) + self.fetch - self.capacity
+            if excess <= 0:
+                return
+            dropped = self._keys[excess - 1]
+            now = monotonic()
+            waiting_for = [
+                c
+                for key, c in self._cursors.items()
+                if key != reader
+                and now - c.at < self.patience
+                and self._covers(c.after)
+                and c.after < dropped
+            ]
+            if not waiting_for:
+                return
+            self.waits += 1
+            deadline = min(c.at for c in waiting_for) + self.patience
+            with anyio.move_on_after(max(0.0, deadline - now)):
+                await self._moved.wait()
+
+    # -- waiting for the head --------------------------------------------------------------
 
     @property
     def notifications(self) -> int:
@@ -93,3 +200,20 @@ class SharedTail:
 
     async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
         await self.store.wait_for_new(timeout, seen)
+
+
+class LogReader:
+    """One lane's handle on a :class:`SharedLog`."""
+
+    def __init__(self, log: SharedLog) -> None:
+        self.log = log
+
+    async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
+        return await self.log.read(after, limit, id(self))
+
+    @property
+    def notifications(self) -> int:
+        return self.log.notifications
+
+    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+        await self.log.wait_for_new(timeout, seen)

@@ -12,10 +12,7 @@ from core.events import NewEvent
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
 from core.lookups import StaticLookups
-from core.position import START, Position
 from core.projection import Context, DocumentProjection, handles
-from core.runner import Runner
-from core.source import SharedTail
 from core.strategy import Strategy
 from core.testing import InMemorySink
 from tests.support.tally import OWNERS, Added, TallyProjection, registry
@@ -41,42 +38,6 @@ def test_two_handlers_for_one_event_type_fail_at_class_creation() -> None:
 def test_projection_names_become_identifiers_so_bad_ones_are_refused(bad: str) -> None:
     with pytest.raises(ConfigurationError, match="lower-case letter first"):
         type("Bad", (DocumentProjection,), {"name": bad, "registry": registry})
-
-
-@pytest.mark.anyio
-async def test_lanes_at_the_head_share_one_reader() -> None:
-    store = InMemoryEventStore()
-    lanes = [
-        Lane(TallyProjection(), InMemorySink(f"s{i}"), store, lookups=StaticLookups(OWNERS))
-        for i in range(4)
-    ]
-    runner = Runner(store, lanes)
-    assert runner.tail is not None
-    tail = runner.tail
-    await runner.run(until_caught_up=True)  # all at the (empty) head: the window is seeded
-    for n in range(5):
-        await store.append(f"tally-{n}", [NewEvent(event_type="Opened", data={"owner": "o1"})])
-        before = tail.store_reads
-        await runner.run(until_caught_up=True)
-        assert tail.store_reads - before <= 2  # one extension of the window, not one per lane
-    head = await store.head()
-    assert all(lane.checkpoint == head for lane in lanes)
-    assert tail.window_reads >= 4 * 5
-
-
-@pytest.mark.anyio
-async def test_shared_tail_reads_equal_store_reads() -> None:
-    store = InMemoryEventStore()
-    tail = SharedTail(store, capacity=7, fetch=3)
-    await tail.read(START, 100)
-    seen: list[Position] = []
-    for n in range(30):
-        await store.append(f"s-{n % 4}", [NewEvent(event_type="X")])
-        after = seen[-1] if seen else START
-        got = await tail.read(after, 2)
-        want = await store.read(after, 2)
-        assert got == want
-        seen.extend(e.position for e in got)
 
 
 @pytest.mark.anyio
