@@ -29,7 +29,15 @@ from core.projection import (
     RowProjection,
 )
 
-__all__ = ("DocState", "EventFailed", "Pending", "apply_event", "plan_gaps")
+__all__ = (
+    "SHARED_FOLDS",
+    "DocState",
+    "EventFailed",
+    "Pending",
+    "SharedFolds",
+    "apply_event",
+    "plan_gaps",
+)
 
 
 @dataclass(slots=True)
@@ -132,6 +140,89 @@ def lookups_needed(projection: Projection, decoded: Iterable[Any]) -> set[Lookup
     return needed
 
 
+@dataclass(slots=True)
+class _Folded:
+    envelope: EventEnvelope
+    handler: Any
+    before: dict[str, Any] | None
+    used: dict[LookupKey, Any]
+    result: Any
+
+
+class SharedFolds:
+    """The newest handler results of shared-fold projections (``fold_family``), so that the
+    lanes of a runner fold each event once for all of them.
+
+    A lane takes a result another lane computed only when it is certain to be the one its own
+    handler would return: the same envelope object (lanes share them through
+    :class:`core.source.SharedLog`), the same handler function, the very same document
+    object before the event (documents are never mutated, and a lane that took the previous
+    result holds that object), and the same values for every entity the handler looked up.
+    Anything else is a miss and the lane folds for itself. Bounded: the newest ``size``
+    results per family, by insertion order.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._folded: dict[tuple[str, int], _Folded] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(
+        self,
+        family: str,
+        handler: Any,
+        envelope: EventEnvelope,
+        before: dict[str, Any] | None,
+        lookups: dict[LookupKey, Any],
+    ) -> _Folded | None:
+        found = self._folded.get((family, id(envelope)))
+        if (
+            found is not None
+            and found.envelope is envelope
+            and found.handler is handler
+            and found.before is before
+            and all(lookups.get(key) == value for key, value in found.used.items())
+        ):
+            self.hits += 1
+            return found
+        self.misses += 1
+        return None
+
+    def put(self, family: str, folded: _Folded) -> None:
+        memo = self._folded
+        if len(memo) >= self.size:
+            del memo[next(iter(memo))]
+        memo[(family, id(folded.envelope))] = folded  # held, so the id is not reused meanwhile
+
+
+SHARED_FOLDS = SharedFolds()
+"""The process's shared folds (every runner's lanes use it)."""
+
+
+def _fold_document(
+    projection: DocumentProjection,
+    envelope: EventEnvelope,
+    before: dict[str, Any] | None,
+    decoded: Any,
+    ctx: Context,
+) -> Any:
+    """The handler's result for ``before`` and the event, shared with the other lanes of the
+    projection's fold family when it has one."""
+    family = projection.fold_family
+    if family is None:
+        return _call_handler(projection, envelope, (before, decoded, ctx))
+    handler = projection.handler_for(envelope.event_type)
+    function = getattr(handler, "__func__", handler)
+    found = SHARED_FOLDS.get(family, function, envelope, before, ctx.lookups)
+    if found is not None:
+        return found.result
+    ctx.used = {}
+    result = _call_handler(projection, envelope, (before, decoded, ctx))
+    SHARED_FOLDS.put(family, _Folded(envelope, function, before, ctx.used, result))
+    return result
+
+
 def _call_handler(
     projection: Projection, envelope: EventEnvelope, args: tuple[Any, ...], rows: bool = False
 ) -> Any:
@@ -185,7 +276,7 @@ def apply_event(
         elif isinstance(decoded, EventFailed):
             raise decoded
         else:
-            result = _call_handler(projection, envelope, (state.document, decoded, ctx))
+            result = _fold_document(projection, envelope, state.document, decoded, ctx)
         if result is IGNORED:
             pending.ignored += 1
             if state.document is not None:

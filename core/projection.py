@@ -4,7 +4,8 @@ Two kinds:
 
 * :class:`DocumentProjection` folds each stream into one document (key = stream id). Handlers
   get the current document (``None`` before the first) and return the new one, or
-  :data:`DELETE`, or :data:`IGNORED`. Handlers must not mutate their input document.
+  :data:`DELETE`, or :data:`IGNORED`. Handlers must not mutate their input document, and
+  nothing mutates a document a handler returned: lanes share them (``fold_family``).
 * :class:`RowProjection` turns each event into rows to upsert or delete.
 
 Handlers are registered with :func:`handles`; an event type without a handler is an explicit
@@ -72,6 +73,9 @@ class Context:
 
     envelope: EventEnvelope
     lookups: dict[LookupKey, Any]
+    used: dict[LookupKey, Any] | None = None
+    """When set, every entity the handler looked up, with its value (a shared fold's result
+    is reused only by a lane whose lookups hold the same values)."""
 
     def lookup(self, source: str, entity_id: str) -> Any:
         """The looked-up entity; :class:`LookupMissing` (parked) when there is none."""
@@ -79,6 +83,8 @@ class Context:
             value = self.lookups[(source, entity_id)]
         except KeyError:
             value = None
+        if self.used is not None:
+            self.used[(source, entity_id)] = value
         if value is None:
             raise LookupMissing(
                 f"{source} {entity_id!r} not found (event {self.envelope.event_id} of stream "
@@ -139,6 +145,11 @@ class DocumentProjection(Projection):
     """Folds each stream into one document; the document's version is the stream version."""
 
     schema: ClassVar[DocumentSchema | None] = None
+    fold_family: ClassVar[str | None] = None
+    """Projections naming the same family promise that their handlers depend on nothing but
+    their arguments (no per-instance settings): the lanes of a runner then fold each event
+    once for all of them, whenever the handler function, the document before and the
+    looked-up values are the same (:class:`core.fold.SharedFolds`). ``None``: not shared."""
 
     def key(self, envelope: EventEnvelope) -> str:
         """The document key for the envelope's stream (default: the stream id)."""

@@ -50,6 +50,7 @@ class OrderFold(DocumentProjection):
 
     registry = registry
     stream_prefix = "order-"
+    fold_family = "orders.OrderFold"
 
     def lookups(self, event: DomainEvent) -> list[LookupKey]:
         if isinstance(event, OrderCreated):
