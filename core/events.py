@@ -5,6 +5,7 @@ typed domain events a registry decodes envelopes into, with upcasters for old sc
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
@@ -218,17 +219,22 @@ class EventRegistry:
     ``decode`` never raises for an unknown type: it returns a :class:`RawEvent`. It raises
     :class:`InvalidEvent` when a known type's data does not validate after upcasting.
 
-    Lanes of one runner read the same envelope objects (:mod:`core.source`), so ``decode``
-    remembers its last ``memo_size`` results by envelope identity: every lane of a registry
-    after the first gets the same frozen event without validating it again.
+    Lanes of one runner read the same envelope objects (:mod:`core.source`), so once a runner
+    marks the registry ``shared``, ``decode`` remembers its last ``memo_size`` results by
+    envelope identity: every lane of the registry after the first gets the same frozen event
+    without validating it again.
     """
 
     memo_size = 10_000
+    shared = False
+    """Remember decoded events (set by a runner with two or more lanes of this registry)."""
 
     def __init__(self) -> None:
         self._types: dict[str, type[DomainEvent]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
-        self._decoded: dict[int, tuple[EventEnvelope, DomainEvent | RawEvent]] = {}
+        self._decoded: OrderedDict[int, tuple[EventEnvelope, DomainEvent | RawEvent]] = (
+            OrderedDict()
+        )
 
     def register(self, event_class: type[DomainEvent]) -> type[DomainEvent]:
         """Register a domain event class (usable as a class decorator)."""
@@ -281,13 +287,15 @@ class EventRegistry:
 
     def decode(self, envelope: EventEnvelope) -> DomainEvent | RawEvent:
         """The typed event for ``envelope``, or a :class:`RawEvent` for an unknown type."""
+        if not self.shared:
+            return self._decode(envelope)
         memo = self._decoded
         found = memo.get(id(envelope))
         if found is not None and found[0] is envelope:
             return found[1]
         event = self._decode(envelope)
         if len(memo) >= self.memo_size:
-            del memo[next(iter(memo))]  # the oldest: dicts keep insertion order
+            memo.popitem(last=False)  # the oldest
         memo[id(envelope)] = (envelope, event)  # held, so its id is not reused meanwhile
         return event
 

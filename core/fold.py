@@ -9,6 +9,7 @@ A :class:`Pending` holds what a lane has folded since its last flush: the docume
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,7 +165,10 @@ class SharedFolds:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._folded: dict[tuple[str, int], _Folded] = {}
+        self.families: set[str] = set()
+        """The families shared (a runner adds those with at least two lanes: for one lane
+        the bookkeeping would cost without ever paying back)."""
+        self._folded: OrderedDict[tuple[str, int], _Folded] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -192,7 +196,7 @@ class SharedFolds:
     def put(self, family: str, folded: _Folded) -> None:
         memo = self._folded
         if len(memo) >= self.size:
-            del memo[next(iter(memo))]
+            memo.popitem(last=False)
         memo[(family, id(folded.envelope))] = folded  # held, so the id is not reused meanwhile
 
 
@@ -210,7 +214,7 @@ def _fold_document(
     """The handler's result for ``before`` and the event, shared with the other lanes of the
     projection's fold family when it has one."""
     family = projection.fold_family
-    if family is None:
+    if family is None or family not in SHARED_FOLDS.families:
         return _call_handler(projection, envelope, (before, decoded, ctx))
     handler = projection.handler_for(envelope.event_type)
     function = getattr(handler, "__func__", handler)

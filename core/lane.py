@@ -287,8 +287,9 @@ class Lane(ParksRejectedDocuments):
             except EventFailed as failed:
                 decoded[envelope.event_id] = failed
         lookups = await self._lookup(lookups_needed(projection, decoded.values()))
+        every = len(relevant) == len(events)
         for envelope in events:
-            if projection.accepts(envelope):
+            if every or projection.accepts(envelope):
                 waiting = gap_events.get(envelope.stream_id)
                 while waiting and waiting[0].stream_version < envelope.stream_version:
                     gap = waiting.pop(0)

@@ -4,12 +4,14 @@ holds back another. The lanes read the log through one shared window (:mod:`core
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 
 import anyio
 
 from core.errors import ConfigurationError, PermanentError
 from core.eventstore.base import EventStore
+from core.fold import SHARED_FOLDS
 from core.lane import Lane
 from core.position import Position
 from core.redact import redact_text
@@ -38,6 +40,22 @@ class Runner:
             if self.shared is not None:
                 lane.source = self.shared.reader()
             self.lanes[lane.name] = lane
+        self._share_work()
+
+    def _share_work(self) -> None:
+        """Decode and fold once for lanes that can share it (two or more lanes of one event
+        registry or of one fold family); see :class:`core.fold.SharedFolds`."""
+        registries: Counter[int] = Counter()
+        families: Counter[str] = Counter()
+        for lane in self.lanes.values():
+            registries[id(lane.projection.registry)] += 1
+            family = getattr(lane.projection, "fold_family", None)
+            if family is not None:
+                families[family] += 1
+        for lane in self.lanes.values():
+            if registries[id(lane.projection.registry)] > 1:
+                lane.projection.registry.shared = True
+        SHARED_FOLDS.families.update(f for f, n in families.items() if n > 1)
 
     def lane(self, name: str) -> Lane:
         try:

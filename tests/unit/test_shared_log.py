@@ -146,12 +146,18 @@ async def test_a_short_answer_means_the_head_of_the_store_not_the_end_of_the_win
     assert [e.position for e in tail] == [head]
 
 
-async def test_lanes_share_the_decoded_event_of_an_envelope_they_share() -> None:
+async def test_lanes_share_the_decoded_event_of_an_envelope_they_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store = InMemoryEventStore()
     await fill(store, 3)
     first = await store.read(START, 1)
     again = [first[0].model_copy()]
     registry = TallyProjection.registry
+    monkeypatch.setattr(registry, "shared", False)
+    assert registry.decode(first[0]) is not registry.decode(first[0])  # one lane: no memo
+    Runner(store, [Lane(TallyProjection(), InMemorySink(n), store) for n in "ab"])
+    assert registry.shared  # two lanes of the registry in one runner
     decoded = registry.decode(first[0])
     assert registry.decode(first[0]) is decoded  # the same envelope: decoded once
     assert registry.decode(again[0]) == decoded  # an equal envelope read again: decoded again
