@@ -85,7 +85,8 @@ class EventStore(ABC):
 
     Contract:
 
-    * ``append`` writes a stream's events in one statement with optimistic concurrency on
+    * ``append`` writes a stream's events in one statement (committed by itself, outside
+      :meth:`transaction`) with optimistic concurrency on
       ``expected_version`` and is idempotent by ``event_id``: appending the same events again is
       a no-op that reports ``written=0`` (whatever ``expected_version`` says); a batch that
       reuses some event ids but not all, or ids already used by another stream, is refused with

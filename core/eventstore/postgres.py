@@ -105,6 +105,11 @@ ins AS (
 )
 SELECT (SELECT v FROM cur) AS current, count(*) AS written, max(stream_version) AS last FROM ins
 """
+        # ``append`` alone, in its own implicit transaction: no ON CONFLICT, so a concurrent
+        # commit of any of these ids fails the whole statement (never a partial write that
+        # would commit), and the caller sorts it out.
+        self.append_alone = self.append.replace("    ON CONFLICT (event_id) DO NOTHING\n", "")
+        assert self.append_alone != self.append
         self.existing = (
             f"SELECT event_id, stream_id, stream_version FROM {t} WHERE event_id = ANY($1)"
         )
@@ -233,11 +238,16 @@ class PostgresEventStore(EventStore):
         stream_id: str,
         events: Sequence[NewEvent],
         expected_version: int | None,
+        *,
+        alone: bool = False,
     ) -> AppendResult:
+        """Append on ``conn``: inside the caller's transaction, or ``alone`` as one statement
+        in its own implicit transaction (committed when the statement ends, so the fence is
+        held for the statement only, never across a round trip to this process)."""
         encoded = check_batch(stream_id, events, self.limits)
         try:
             row = await conn.fetchrow(
-                self._sql.append,
+                self._sql.append_alone if alone else self._sql.append,
                 stream_id,
                 [e.event_id for e in events],
                 [e.event_type for e in events],
@@ -247,6 +257,10 @@ class PostgresEventStore(EventStore):
                 expected_version,
             )
         except asyncpg.UniqueViolationError:
+            if alone:
+                # A concurrent transaction committed this stream's next version, or some of
+                # these ids, first; this statement wrote nothing and the connection is usable.
+                return await self._after_lost_race(conn, stream_id, events, expected_version)
             # A concurrent transaction committed this stream's next version first. This
             # transaction is aborted and its connection may be the pool's last: ask elsewhere.
             actual = await self._version(stream_id)
@@ -254,13 +268,38 @@ class PostgresEventStore(EventStore):
         except asyncpg.PostgresError as exc:
             if exc.sqlstate and exc.sqlstate.startswith("22"):
                 raise InvalidEvent(f"stream {stream_id!r}: {exc}") from None
-            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+            what = f"appending to stream {stream_id!r}"
+            raise translate_pg_error(exc, what, in_commit=alone) from None
         except (OSError, asyncpg.InterfaceError) as exc:
-            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+            # Alone, the statement is its own commit: a connection lost during it may or may
+            # not have committed.
+            what = f"appending to stream {stream_id!r}"
+            raise translate_pg_error(exc, what, in_commit=alone) from None
         assert row is not None
         if row["written"] == len(events):
             return AppendResult(stream_id, row["last"], len(events))
         return await self._resolve_unwritten(conn, stream_id, events, expected_version, row)
+
+    async def _after_lost_race(
+        self,
+        conn: asyncpg.Connection,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+    ) -> AppendResult:
+        """An append alone lost a race on a unique key: the same batch committed meanwhile is
+        an idempotent no-op, part of it or its ids elsewhere a refusal, anything else a
+        concurrency conflict."""
+        try:
+            found = await conn.fetch(self._sql.existing, [e.event_id for e in events])
+            actual = int(await conn.fetchval(self._sql.version, stream_id))
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+        if not found:
+            raise ConcurrencyError(stream_id, expected_version, actual)
+        return await self._resolve_unwritten(
+            conn, stream_id, events, expected_version, {"written": 0, "current": actual}
+        )
 
     async def _resolve_unwritten(
         self,
@@ -268,7 +307,7 @@ class PostgresEventStore(EventStore):
         stream_id: str,
         events: Sequence[NewEvent],
         expected_version: int | None,
-        row: asyncpg.Record,
+        row: asyncpg.Record | dict[str, Any],
     ) -> AppendResult:
         """Not all was written: an idempotent re-append, a reuse of event ids, or a conflict.
 
@@ -304,8 +343,17 @@ class PostgresEventStore(EventStore):
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
     ) -> AppendResult:
-        async with self.transaction() as tx:
-            return await tx.append(stream_id, events, expected_version)
+        """One stream's events in one statement, committed by it (one round trip; the fence is
+        held while the server runs the statement, not while this process gets to COMMIT). A
+        connection lost during the statement raises :class:`~core.errors.AmbiguousCommit`."""
+        try:
+            conn = await self.pool.acquire()
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
+        try:
+            return await self._append_on(conn, stream_id, events, expected_version, alone=True)
+        finally:
+            await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StreamAppender]:

@@ -9,7 +9,13 @@ import anyio
 import asyncpg
 import pytest
 
-from core.errors import ConcurrencyError, ConfigurationError, StoreUnavailable
+from core.errors import (
+    AmbiguousCommit,
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidEvent,
+    StoreUnavailable,
+)
 from core.eventstore import ANY, NO_STREAM
 from core.eventstore.postgres import PostgresEventStore
 from core.position import START
@@ -137,3 +143,99 @@ async def test_starting_a_store_does_not_lock_out_open_writers(
             await again.append("open-2", [event()], NO_STREAM)
             await again.read(START, 10)
             await again.close()
+
+
+async def _waiting_on_a_key(conn: asyncpg.Connection, since: float) -> int:
+    """The pid of the one backend waiting on a lock (a unique key), once there is one."""
+    while True:
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() LIMIT 1"
+        )
+        if pid is not None:
+            return int(pid)
+        assert monotonic() - since < 10, "no append ever waited on the held key"
+        await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize("case", ["same-batch", "overlapping-batch", "id-in-another-stream"])
+async def test_an_append_alone_meeting_its_own_ids_committed_meanwhile_writes_nothing(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection, case: str
+) -> None:
+    """``append`` is one statement that commits itself, so it must never write part of a
+    batch: when another transaction commits some of its ids while it waits, it writes none
+    and reports the batch as already there (the same batch) or refuses it (another one, or an
+    id already used by another stream: an insert that skipped that one row would have
+    committed the rest at the wrong versions)."""
+    store = await pg_store_factory()
+    batch = events(3)
+    first = batch if case == "same-batch" else [batch[0], event(9)]
+    held_stream = "elsewhere-1" if case == "id-in-another-stream" else "alone-1"
+    holding, release = anyio.Event(), anyio.Event()
+    outcome: list[object] = []
+
+    async def hold() -> None:
+        async with store.transaction() as tx:
+            await tx.append(held_stream, first, NO_STREAM)
+            holding.set()
+            await release.wait()
+
+    async def append() -> None:
+        try:
+            outcome.append(await store.append("alone-1", batch, ANY))
+        except InvalidEvent as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await holding.wait()
+            tg.start_soon(append)
+            await _waiting_on_a_key(pg_conn, monotonic())
+            release.set()
+    stored = [e.event_id for e in await store.read_stream("alone-1")]
+    expected = [] if case == "id-in-another-stream" else [e.event_id for e in first]
+    assert stored == expected  # nothing of the waiting batch
+    if case == "same-batch":
+        assert [(r.written, r.next_expected_version) for r in outcome] == [(0, 3)]  # type: ignore[union-attr]
+    else:
+        assert len(outcome) == 1 and isinstance(outcome[0], InvalidEvent)
+
+
+async def test_an_append_alone_cut_off_mid_statement_is_an_ambiguous_commit(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection
+) -> None:
+    """The statement is its own commit: a backend lost while it runs may or may not have
+    committed, and the caller is told so (it re-reads, or re-appends: appends are
+    idempotent)."""
+    store = await pg_store_factory()
+    holding, release = anyio.Event(), anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def hold() -> None:
+        async with store.transaction() as tx:
+            await tx.append("cut-1", [event(1)], NO_STREAM)
+            holding.set()
+            await release.wait()
+
+    async def append() -> None:
+        try:
+            await store.append("cut-1", [event(2)], NO_STREAM)
+        except (AmbiguousCommit, ConcurrencyError) as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await holding.wait()
+            tg.start_soon(append)
+            pid = await _waiting_on_a_key(pg_conn, monotonic())
+            assert await pg_conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            while not outcome:
+                await anyio.sleep(0.02)
+            release.set()
+    assert [type(e) for e in outcome] == [AmbiguousCommit]
+    assert [e.data["n"] for e in await store.read_stream("cut-1")] == [1]
+    # Retried as the caller is told to: it finds the stream moved on, nothing doubled.
+    with pytest.raises(ConcurrencyError):
+        await store.append("cut-1", [event(2)], NO_STREAM)
