@@ -13,7 +13,7 @@ from core.deadletters_pg import PostgresDeadLetters
 from core.errors import ConfigurationError
 from core.eventstore.postgres import PostgresEventStore
 from core.lane import Lane
-from core.lookups import LookupProvider, NoLookups
+from core.lookups import CachedLookups, LookupProvider, NoLookups
 from core.naming import validate_name
 from core.projection import Projection
 from core.runner import Runner
@@ -97,7 +97,9 @@ class App:
         self.dead_letters = PostgresDeadLetters(self.store.pool, s.event_store_schema)
         if s.lookups:
             factory = import_object(s.lookups, "lookups")
-            self.lookups = await factory(self.store.pool, s)
+            self.lookups = CachedLookups(
+                await factory(self.store.pool, s), seconds=s.lookup_cache_seconds
+            )
         enabled = [lane for lane in s.lanes if lane.enabled]
         for name in sorted({lane.sink for lane in enabled}):
             self.sinks[name] = await self._open_sink(name)

@@ -82,7 +82,7 @@ async def _publisher(app_: App) -> None:
     while True:
         try:
             await publish_status(app_.store, app_.lanes, app_.owner)
-            app_.last_report = await collect_status(app_, tolerate_stores=True)
+            app_.last_report = await collect_status(app_, tolerate_stores=True, running=True)
             throttle.reset()
         except (OSError, ProjectionistError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if throttle.should_log():

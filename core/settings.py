@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     event_store_schema: str = "projectionist"
     read_model_schema: str = "read_models"
     lookups: str | None = "projections.orders:catalog_lookups"
+    lookup_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
+    """How long a looked-up entity is reused by every lane before it is fetched again
+    (:class:`core.lookups.CachedLookups`); 0 fetches for every batch."""
     sinks: dict[str, SinkSettings] = Field(default_factory=lambda: dict(DEFAULT_SINKS))
     lanes: list[LaneSettings] = Field(default_factory=lambda: list(DEFAULT_LANES))
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
