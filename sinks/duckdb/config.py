@@ -32,8 +32,13 @@ class DuckDBSinkSettings(BaseModel):
     """Documents per Arrow table; a larger batch is split into chunks of one transaction."""
     threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads (``None``: DuckDB's default, one per core)."""
-    memory_limit: str | None = None
-    """DuckDB ``memory_limit`` such as ``"2GB"`` (``None``: DuckDB's default, 80% of RAM)."""
+    memory_limit: str | None = "100MB"
+    """DuckDB ``memory_limit`` such as ``"2GB"``; ``None``: DuckDB's own default, 80% of RAM.
+    What does not fit is evicted to the working file or spilled next to it, so the sink works
+    with little memory; DuckDB otherwise keeps the blocks and indexes of a growing table in
+    memory (measured at 1,000,000 events: the lane alone peaked at 387 MB without a limit,
+    304 MB with 100MB, 270 MB with 64MB, in the same time). Raise it for large tables
+    written in large batches."""
 
     @field_validator("path")
     @classmethod

@@ -38,7 +38,7 @@ from core.sink import Sink, Target
 from core.strategy import ErrorPolicy, LaneState, Strategy
 from projections.orders import OrderCache, OrderSearch, OrderSummary, PostgresCatalog
 from sinks.elasticsearch import ElasticsearchSinkSettings
-from tests.reliability.test_outages import (
+from tests.reliability.stack import (
     Stack,
     append_orders,
     load_all,
