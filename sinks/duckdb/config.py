@@ -32,13 +32,12 @@ class DuckDBSinkSettings(BaseModel):
     """Documents per Arrow table; a larger batch is split into chunks of one transaction."""
     threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads (``None``: DuckDB's default, one per core)."""
-    memory_limit: str | None = "100MB"
+    memory_limit: str | None = None
     """DuckDB ``memory_limit`` such as ``"2GB"``; ``None``: DuckDB's own default, 80% of RAM.
-    What does not fit is evicted to the working file or spilled next to it, so the sink works
-    with little memory; DuckDB otherwise keeps the blocks and indexes of a growing table in
-    memory (measured at 1,000,000 events: the lane alone peaked at 387 MB without a limit,
-    304 MB with 100MB, 270 MB with 64MB, in the same time). Raise it for large tables
-    written in large batches."""
+    DuckDB keeps the blocks and indexes of a growing table in memory up to it. Measured at
+    1,000,000 events (bench/README.md): the lane alone peaked at 387 MB without a limit and at
+    304 MB with ``"100MB"`` in the same time, but with all five reference lanes in one runner
+    ``"100MB"`` cut the peak from 484 to 372 MB and doubled the rebuild (267 to 535 s)."""
 
     @field_validator("path")
     @classmethod
