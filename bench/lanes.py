@@ -19,6 +19,7 @@ from bench.history import CATALOG_SCHEMA, BenchLog
 from bench.places import Where
 from bench.timing import Clock, Timed, TimedLookups, TimedSource
 from core.lane import Lane
+from core.lookups import CachedLookups
 from core.settings import DEFAULT_LANES, LaneSettings, import_object
 from core.sink import Sink
 from projections.orders import PostgresCatalog
@@ -80,7 +81,8 @@ async def catch_up(log: BenchLog, name: str, sink: Sink, where: Where, clock: Cl
         sink,
         log.store,
         source=TimedSource(log.store, clock),
-        lookups=TimedLookups(PostgresCatalog(log.store.pool, CATALOG_SCHEMA), clock),
+        # as the runner does (core.app): one lookup cache in front of the catalog
+        lookups=CachedLookups(TimedLookups(PostgresCatalog(log.store.pool, CATALOG_SCHEMA), clock)),
         strategy=config.strategy,
         options=lane_options(name, where),
     )
