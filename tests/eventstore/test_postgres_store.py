@@ -3,6 +3,8 @@ the NOTIFY listener and its polling fallback."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from time import monotonic
 
 import anyio
@@ -16,6 +18,7 @@ from core.errors import (
     InvalidEvent,
     StoreUnavailable,
 )
+from core.events import NewEvent
 from core.eventstore import ANY, NO_STREAM
 from core.eventstore.postgres import PostgresEventStore
 from core.position import START
@@ -37,6 +40,29 @@ async def test_data_and_metadata_are_stored_as_json_objects(
     assert (row["d"], row["m"], row["p"]) == ("object", "object", "12.50")
 
 
+@asynccontextmanager
+async def held_open(
+    store: PostgresEventStore, stream_id: str, events: list[NewEvent]
+) -> AsyncIterator[None]:
+    """A transaction that has appended ``events`` to the new stream ``stream_id`` and stays
+    open, holding their keys, until the block ends; then it commits."""
+    holding, release = anyio.Event(), anyio.Event()
+
+    async def hold() -> None:
+        async with store.transaction() as tx:
+            await tx.append(stream_id, events, NO_STREAM)
+            holding.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold)
+        await holding.wait()
+        try:
+            yield
+        finally:
+            release.set()
+
+
 @pytest.mark.parametrize("expected", [NO_STREAM, ANY], ids=["no-stream", "any"])
 async def test_losing_a_race_raises_even_when_the_pool_is_exhausted(
     pg_store_factory: PgStoreFactory, expected: int | None
@@ -45,14 +71,7 @@ async def test_losing_a_race_raises_even_when_the_pool_is_exhausted(
     the stream's actual version must not wait for that pool."""
     winner = await pg_store_factory()
     loser = await pg_store_factory(pool_size=1)
-    holding, release = anyio.Event(), anyio.Event()
     outcome: list[ConcurrencyError] = []
-
-    async def win() -> None:
-        async with winner.transaction() as tx:
-            await tx.append("race-1", [event(1)], NO_STREAM)
-            holding.set()
-            await release.wait()
 
     async def lose() -> None:
         try:
@@ -61,13 +80,10 @@ async def test_losing_a_race_raises_even_when_the_pool_is_exhausted(
             outcome.append(exc)
 
     with anyio.fail_after(15):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(win)
-            await holding.wait()
+        async with anyio.create_task_group() as tg, held_open(winner, "race-1", [event(1)]):
             tg.start_soon(lose)
             await anyio.sleep(0.3)  # the loser now waits on the (stream, version) key
             assert outcome == []
-            release.set()
     assert [(e.stream_id, e.expected, e.actual) for e in outcome] == [("race-1", expected, 1)]
     assert [e.data["n"] for e in await loser.read_stream("race-1")] == [1]
 
@@ -171,14 +187,7 @@ async def test_an_append_alone_meeting_its_own_ids_committed_meanwhile_writes_no
     batch = events(3)
     first = batch if case == "same-batch" else [batch[0], event(9)]
     held_stream = "elsewhere-1" if case == "id-in-another-stream" else "alone-1"
-    holding, release = anyio.Event(), anyio.Event()
     outcome: list[object] = []
-
-    async def hold() -> None:
-        async with store.transaction() as tx:
-            await tx.append(held_stream, first, NO_STREAM)
-            holding.set()
-            await release.wait()
 
     async def append() -> None:
         try:
@@ -187,12 +196,9 @@ async def test_an_append_alone_meeting_its_own_ids_committed_meanwhile_writes_no
             outcome.append(exc)
 
     with anyio.fail_after(15):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hold)
-            await holding.wait()
+        async with anyio.create_task_group() as tg, held_open(store, held_stream, first):
             tg.start_soon(append)
             await _waiting_on_a_key(pg_conn, monotonic())
-            release.set()
     stored = [e.event_id for e in await store.read_stream("alone-1")]
     expected = [] if case == "id-in-another-stream" else [e.event_id for e in first]
     assert stored == expected  # nothing of the waiting batch
@@ -209,14 +215,7 @@ async def test_an_append_alone_cut_off_mid_statement_is_an_ambiguous_commit(
     committed, and the caller is told so (it re-reads, or re-appends: appends are
     idempotent)."""
     store = await pg_store_factory()
-    holding, release = anyio.Event(), anyio.Event()
     outcome: list[BaseException] = []
-
-    async def hold() -> None:
-        async with store.transaction() as tx:
-            await tx.append("cut-1", [event(1)], NO_STREAM)
-            holding.set()
-            await release.wait()
 
     async def append() -> None:
         try:
@@ -225,15 +224,12 @@ async def test_an_append_alone_cut_off_mid_statement_is_an_ambiguous_commit(
             outcome.append(exc)
 
     with anyio.fail_after(15):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hold)
-            await holding.wait()
+        async with anyio.create_task_group() as tg, held_open(store, "cut-1", [event(1)]):
             tg.start_soon(append)
             pid = await _waiting_on_a_key(pg_conn, monotonic())
             assert await pg_conn.fetchval("SELECT pg_terminate_backend($1)", pid)
             while not outcome:
                 await anyio.sleep(0.02)
-            release.set()
     assert [type(e) for e in outcome] == [AmbiguousCommit]
     assert [e.data["n"] for e in await store.read_stream("cut-1")] == [1]
     # Retried as the caller is told to: it finds the stream moved on, nothing doubled.
