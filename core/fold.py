@@ -10,7 +10,7 @@ A :class:`Pending` holds what a lane has folded since its last flush: the docume
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -213,24 +213,27 @@ def _fold_document(
 ) -> Any:
     """The handler's result for ``before`` and the event, shared with the other lanes of the
     projection's fold family when it has one."""
-    family = projection.fold_family
-    if family is None or family not in SHARED_FOLDS.families:
-        return _call_handler(projection, envelope, (before, decoded, ctx))
     handler = projection.handler_for(envelope.event_type)
+    family = projection.fold_family
+    if handler is None or family is None or family not in SHARED_FOLDS.families:
+        return _call_handler(projection, envelope, handler, (before, decoded, ctx))
     function = getattr(handler, "__func__", handler)
     found = SHARED_FOLDS.get(family, function, envelope, before, ctx.lookups)
     if found is not None:
         return found.result
     ctx.used = {}
-    result = _call_handler(projection, envelope, (before, decoded, ctx))
+    result = _call_handler(projection, envelope, handler, (before, decoded, ctx))
     SHARED_FOLDS.put(family, _Folded(envelope, function, before, ctx.used, result))
     return result
 
 
 def _call_handler(
-    projection: Projection, envelope: EventEnvelope, args: tuple[Any, ...], rows: bool = False
+    projection: Projection,
+    envelope: EventEnvelope,
+    handler: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    rows: bool = False,
 ) -> Any:
-    handler = projection.handler_for(envelope.event_type)
     if handler is None:
         return IGNORED
     try:
@@ -310,7 +313,8 @@ def apply_event(
         return "ignored"
     if isinstance(decoded, EventFailed):
         raise decoded
-    result = _call_handler(projection, envelope, (decoded, ctx), rows=True)
+    handler = projection.handler_for(envelope.event_type)
+    result = _call_handler(projection, envelope, handler, (decoded, ctx), rows=True)
     if result is IGNORED:
         pending.ignored += 1
         return "ignored"

@@ -291,12 +291,9 @@ class PostgresEventStore(EventStore):
         an idempotent no-op, part of it or its ids elsewhere a refusal, anything else a
         concurrency conflict."""
         try:
-            found = await conn.fetch(self._sql.existing, [e.event_id for e in events])
             actual = int(await conn.fetchval(self._sql.version, stream_id))
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
-        if not found:
-            raise ConcurrencyError(stream_id, expected_version, actual)
         return await self._resolve_unwritten(
             conn, stream_id, events, expected_version, {"written": 0, "current": actual}
         )
