@@ -197,8 +197,12 @@ class Layout:
             f"FROM {self.qualified(self.table)} WHERE NOT deleted"
         )
 
-    def upsert(self) -> str:
-        """One set-based upsert of every column array; the version guard keeps newer rows."""
+    def upsert(self, first: int = 1, only_if: str | None = None) -> str:
+        """One set-based upsert of every column array; the version guard keeps newer rows.
+
+        The arrays are parameters ``$first`` onwards; ``only_if`` (SQL text) makes the insert
+        write nothing unless it holds (the one-statement write's checkpoint guard).
+        """
         names = ["key", "version", "deleted", "document", *(f.name for f in self.fields)]
         params = ["text", "bigint", "boolean", "text", *(_PARAM_TYPES[f.type] for f in self.fields)]
         jsonb = {3} | {4 + i for i, f in enumerate(self.fields) if f.type is FieldType.JSON}
@@ -206,11 +210,12 @@ class Layout:
         select = ", ".join(
             f"u.{a}::jsonb" if i in jsonb else f"u.{a}" for i, a in enumerate(aliases)
         )
-        unnest = ", ".join(f"${i + 1}::{p}[]" for i, p in enumerate(params))
+        unnest = ", ".join(f"${i + first}::{p}[]" for i, p in enumerate(params))
         updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in names[1:])
+        where = f"WHERE {only_if} " if only_if else ""
         return (
             f"INSERT INTO {self.qualified(self.table)} AS t ({', '.join(q(n) for n in names)}) "
-            f"SELECT {select} FROM unnest({unnest}) AS u({', '.join(aliases)}) "
+            f"SELECT {select} FROM unnest({unnest}) AS u({', '.join(aliases)}) {where}"
             f"ON CONFLICT (key) DO UPDATE SET {updates} WHERE t.version < excluded.version"
         )
 

@@ -3,13 +3,15 @@
 Guarantees (see docs/sinks/postgres.md):
 
 * a batch is one transaction: the checkpoint compare-and-set first (it also serialises two
-  writers of one lane on the checkpoint row), then one set-based upsert per ``chunk_rows``
-  rows, then ``COMMIT``. A checkpoint that moved raises :class:`CheckpointConflict` and
-  nothing of the batch is written;
+  writers of one lane on the checkpoint row), then the set-based upsert. A batch of up to
+  ``chunk_rows`` rows is one statement (the compare-and-set and the upsert as data-modifying
+  CTEs, in the statement's implicit transaction: one round trip); a larger one is ``BEGIN``,
+  the compare-and-set, one upsert per ``chunk_rows`` rows, ``COMMIT``. A checkpoint that
+  moved raises :class:`CheckpointConflict` and nothing of the batch is written;
 * every row is guarded by version (``WHERE stored.version < excluded.version``), deletes are
   tombstones under the same guard, so replays and late redeliveries change nothing;
-* a connection lost during ``COMMIT`` raises :class:`AmbiguousCommit`: the lane re-reads the
-  checkpoint to learn whether the batch landed.
+* a connection lost during ``COMMIT`` (or during the one statement) raises
+  :class:`AmbiguousCommit`: the lane re-reads the checkpoint to learn whether the batch landed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncpg
 
 from core import jsontext
 from core.errors import (
+    AmbiguousCommit,
     CheckpointConflict,
     ConfigurationError,
     DocumentRejected,
@@ -55,10 +58,30 @@ class _Statements:
     read_checkpoint: str
     insert_checkpoint: str
     update_checkpoint: str
+    write_first: str
+    """The first batch of a lane in one statement: checkpoint insert, then the upsert."""
+    write_next: str
+    """A later batch in one statement: checkpoint compare-and-set, then the upsert."""
 
 
 def _statements(layout: Layout) -> _Statements:
     cp = layout.checkpoints
+    insert_checkpoint = (
+        f"INSERT INTO {cp} (lane, generation, transaction_id, global_position, updated_at) "
+        "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (lane, generation) DO NOTHING"
+    )
+    update_checkpoint = (
+        f"UPDATE {cp} SET transaction_id = $3, global_position = $4, updated_at = now() "
+        "WHERE lane = $1 AND generation = $2 AND transaction_id = $5 AND global_position = $6"
+    )
+
+    def alone(cas: str, first: int) -> str:
+        # Data-modifying CTEs run once and to completion, in the statement's own implicit
+        # transaction; the upsert reads the CAS's output, so the CAS (and its row lock, the
+        # same lock order as the transactional path) comes first and gates every row.
+        upsert = layout.upsert(first=first, only_if="EXISTS (SELECT FROM cas)")
+        return f"WITH cas AS ({cas} RETURNING 1), rows AS ({upsert}) SELECT count(*) FROM cas"
+
     return _Statements(
         layout=layout,
         upsert=layout.upsert(),
@@ -66,14 +89,10 @@ def _statements(layout: Layout) -> _Statements:
         read_checkpoint=(
             f"SELECT transaction_id, global_position FROM {cp} WHERE lane = $1 AND generation = $2"
         ),
-        insert_checkpoint=(
-            f"INSERT INTO {cp} (lane, generation, transaction_id, global_position, updated_at) "
-            "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (lane, generation) DO NOTHING"
-        ),
-        update_checkpoint=(
-            f"UPDATE {cp} SET transaction_id = $3, global_position = $4, updated_at = now() "
-            "WHERE lane = $1 AND generation = $2 AND transaction_id = $5 AND global_position = $6"
-        ),
+        insert_checkpoint=insert_checkpoint,
+        update_checkpoint=update_checkpoint,
+        write_first=alone(insert_checkpoint, first=5),
+        write_next=alone(update_checkpoint, first=7),
     )
 
 
@@ -221,9 +240,58 @@ class PostgresSink(Sink):
     # -- writes ----------------------------------------------------------------------------
 
     async def write(self, target: Target, batch: Batch) -> None:
+        """Up to ``chunk_rows`` rows: one statement (:meth:`_write_alone`). More: one
+        transaction of a checkpoint compare-and-set and one upsert per ``chunk_rows`` rows."""
         stm = self._for(target)
         rows = encode_operations(batch.lane, stm.layout.fields, batch.operations)
         what = f"lane {batch.lane}: writing {len(rows)} documents up to {batch.checkpoint}"
+        if len(rows) <= self.settings.chunk_rows:
+            await self._write_alone(stm, target, batch, rows, what)
+        else:
+            await self._write_in_transaction(stm, target, batch, rows, what)
+
+    async def _write_alone(
+        self, stm: _Statements, target: Target, batch: Batch, rows: Rows, what: str
+    ) -> None:
+        """The checkpoint compare-and-set and the upsert in one statement: one round trip.
+
+        The statement is its own transaction: it commits whole or not at all. Its answer
+        lost (connection dropped, backend terminated) leaves it in doubt:
+        :class:`AmbiguousCommit`, resolved by re-reading the checkpoint. A compare-and-set that
+        matched no row wrote nothing; then the stored checkpoint tells a conflict from this
+        very batch having landed earlier (see :meth:`_landed_before`).
+        """
+        doubt = (target.lane, target.generation)
+        new, expected = batch.checkpoint, batch.expected_checkpoint
+        lane, generation = target.lane, target.generation
+        cas: tuple[str | int, ...]
+        if expected is None:
+            sql, cas = stm.write_first, (lane, generation, new[0], new[1])
+        else:
+            sql, cas = stm.write_next, (lane, generation, *new, *expected)
+        moved: int | None = None
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    moved = await conn.fetchval(sql, *cas, *rows.columns(0, len(rows)))
+                except DRIVER_ERRORS as exc:
+                    if is_data_error(exc):
+                        raise await self._locate(stm, rows, exc) from None
+                    error = self._error(exc, what, in_commit=True)
+                    if isinstance(error, AmbiguousCommit):
+                        self._in_doubt[doubt] = new
+                    raise error from None
+                if not moved and await self._landed_before(conn, stm, target, batch):
+                    moved = 1
+        except DRIVER_ERRORS as exc:
+            if not moved:
+                raise self._error(exc, what) from None
+            # else committed: only handing the connection back to the pool failed
+        self._in_doubt.pop(doubt, None)
+
+    async def _write_in_transaction(
+        self, stm: _Statements, target: Target, batch: Batch, rows: Rows, what: str
+    ) -> None:
         doubt = (target.lane, target.generation)
         done = False
         try:
@@ -259,12 +327,8 @@ class PostgresSink(Sink):
     async def _advance_checkpoint(
         self, conn: asyncpg.Connection, stm: _Statements, target: Target, batch: Batch
     ) -> bool:
-        """Compare-and-set the lane's checkpoint row; zero rows means another writer moved it.
-
-        Returns True when this very batch already landed: its COMMIT answer was lost earlier
-        (this sink raised :class:`AmbiguousCommit` for it) and the checkpoint is now at its
-        end, so the retry is a no-op rather than a conflict with ourselves.
-        """
+        """Compare-and-set the lane's checkpoint row; zero rows means another writer moved it,
+        or this batch landed before (:meth:`_landed_before`, whose answer this returns)."""
         new, expected = batch.checkpoint, batch.expected_checkpoint
         if expected is None:
             status = await conn.execute(
@@ -281,14 +345,23 @@ class PostgresSink(Sink):
                 expected[1],
             )
         if _affected(status) != 1:
-            row = await conn.fetchrow(stm.read_checkpoint, target.lane, target.generation)
-            found = None if row is None else Position(row[0], row[1])
-            in_doubt = self._in_doubt.get((target.lane, target.generation))
-            if found == batch.checkpoint and in_doubt == batch.checkpoint:
-                log.info("lane %s: batch up to %s had landed", batch.lane, found)
-                return True
-            raise CheckpointConflict(batch.lane, expected, found)
+            return await self._landed_before(conn, stm, target, batch)
         return False
+
+    async def _landed_before(
+        self, conn: asyncpg.Connection, stm: _Statements, target: Target, batch: Batch
+    ) -> bool:
+        """After a compare-and-set that matched nothing: True when this very batch already
+        landed (its commit answer was lost earlier, this sink raised :class:`AmbiguousCommit`
+        for it, and the checkpoint is now at its end), so the retry is a no-op rather than a
+        conflict with ourselves. Otherwise raises :class:`CheckpointConflict`."""
+        row = await conn.fetchrow(stm.read_checkpoint, target.lane, target.generation)
+        found = None if row is None else Position(row[0], row[1])
+        in_doubt = self._in_doubt.get((target.lane, target.generation))
+        if found == batch.checkpoint and in_doubt == batch.checkpoint:
+            log.info("lane %s: batch up to %s had landed", batch.lane, found)
+            return True
+        raise CheckpointConflict(batch.lane, batch.expected_checkpoint, found)
 
     async def _write_rows(self, conn: asyncpg.Connection, stm: _Statements, rows: Rows) -> None:
         """One ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` per ``chunk_rows`` rows."""

@@ -12,7 +12,10 @@ happens unless the runner's environment arms a point:
 
 Kill points:
 
-``postgres.after_checkpoint``   inside the transaction: the checkpoint row moved, no rows yet
+``postgres.statement_sent``     the one-statement write (a batch of up to ``chunk_rows`` rows)
+                                under way, killed 0-5 ms after it began, its answer unread
+``postgres.after_checkpoint``   inside the transaction (a larger batch): the checkpoint row
+                                moved, no rows yet
 ``postgres.before_commit``      inside the transaction: rows written, ``COMMIT`` not sent
 ``redis.script_sent``           the batch's ``EVALSHA`` sent, its reply never read
 ``elasticsearch.mid_bulk``      the first ``_bulk`` request of a write answered, the rest unsent
@@ -46,6 +49,7 @@ __all__ = (
 )
 
 KILL_POINTS = (
+    "postgres.statement_sent",
     "postgres.after_checkpoint",
     "postgres.before_commit",
     "redis.script_sent",
@@ -111,9 +115,25 @@ def _after(point: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Await
     return killing
 
 
+def _under_way(point: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` started, and the process killed a moment later, whether its answer came or not."""
+
+    async def killing(*args: Any) -> Any:
+        if not _fires(point):
+            return await fn(*args)
+        async with anyio.create_task_group() as group:
+            group.start_soon(fn, *args)
+            await anyio.sleep(_rng.uniform(0.0, 0.005))
+            _die(point)
+
+    return killing
+
+
 def killing_postgres(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
-    """The Postgres sink, killed inside its transaction (after the CAS, before COMMIT)."""
+    """The Postgres sink, killed during its one statement, or inside its transaction (after
+    the CAS, before COMMIT)."""
     sink: Any = factories.postgres(name, settings, options)
+    setattr(sink, "_write_alone", _under_way("postgres.statement_sent", sink._write_alone))
     setattr(
         sink, "_advance_checkpoint", _after("postgres.after_checkpoint", sink._advance_checkpoint)
     )

@@ -2,8 +2,8 @@
 killed with SIGKILL while writers append, then restarted. Half the runs are killed at a random
 moment; the other half arm one kill point of :mod:`tests.reliability.faults` (mid-bulk, between
 a write and its checkpoint, with the Redis script sent, inside a DuckDB flush, inside the
-Postgres transaction) and the runner kills itself there. After a final catch-up every read
-model equals the independent oracle and every canary is exact."""
+Postgres transaction or its one statement) and the runner kills itself there. After a final
+catch-up every read model equals the independent oracle and every canary is exact."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ LANES = (
 )
 TARGETED = (
     "elasticsearch.mid_bulk",
+    "postgres.statement_sent",
     "postgres.before_commit",
     "redis.script_sent",
     "duckdb.mid_flush",
@@ -71,9 +72,10 @@ TARGETED = (
 
 def sink_options(namespace: str) -> dict[str, dict[str, Any]]:
     """Small Elasticsearch requests and DuckDB chunks, so one write spans several of them and
-    a kill can land between two."""
+    a kill can land between two; Postgres batches of up to 50 rows are one statement, larger
+    ones (catching up after a restart) a transaction of several."""
     return {
-        "postgres": {},
+        "postgres": {"chunk_rows": 50},
         "redis": {},
         "elasticsearch": {"index_prefix": f"{namespace}_", "bulk_max_docs": 25},
         "duckdb": {"chunk_rows": 40},

@@ -1,6 +1,6 @@
 """Helpers of the Postgres sink tests: history loading, the read side of the order summary
 (the queries its indexes are for), table snapshots, and a TCP proxy that loses the
-connection around a COMMIT for real."""
+connection around a commit for real."""
 
 from __future__ import annotations
 
@@ -130,14 +130,36 @@ def expected_columns(doc: dict[str, Any], columns: Iterable[str]) -> dict[str, A
 COMMIT = b"Q\x00\x00\x00\x0cCOMMIT;\x00"
 """The simple-protocol Query message asyncpg sends to commit a transaction."""
 
+ONE_STATEMENT = b"WITH cas AS (UPDATE"
+"""In the Parse message of the sink's one-statement write of a later batch (its first use on
+a connection): the statement that commits itself."""
+
+
+def _parses(data: bytes) -> bytes | None:
+    """The statement name of a Parse message at the start of ``data`` (``P``, length, name)."""
+    return data[5 : data.index(b"\0", 5)] if data[:1] == b"P" else None
+
+
+def _binds(data: bytes) -> bytes | None:
+    """The statement a Bind message at the start of ``data`` executes (``B``, length, portal
+    name, statement name)."""
+    if data[:1] != b"B":
+        return None
+    portal_end = data.index(b"\0", 5)
+    return data[portal_end + 1 : data.index(b"\0", portal_end + 1)]
+
 
 class CommitFaultProxy:
-    """A TCP proxy in front of Postgres that, once armed, loses the next ``COMMIT``'s answer.
+    """A TCP proxy in front of Postgres that, once armed, loses the next commit's answer.
 
-    ``before``: the connection drops before the COMMIT reaches the server (it never lands).
-    ``after``: the COMMIT reaches the server, its answer is awaited and thrown away, then the
+    The commit is a ``COMMIT`` (the default ``on``) or, with ``on=ONE_STATEMENT``, the
+    sink's one-statement write, which commits itself: its Parse passes, and the Bind of that
+    prepared statement (its execution, committed at the Sync) is the commit.
+
+    ``before``: the connection drops before the commit reaches the server (it never lands).
+    ``after``: the commit reaches the server, its answer is awaited and thrown away, then the
     connection drops (it landed; the client cannot know). Either way the client sees the
-    connection die while its COMMIT is in flight.
+    connection die while its commit is in flight.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -145,6 +167,7 @@ class CommitFaultProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self._dsn = parts
         self.mode: Literal["off", "before", "after"] = "off"
+        self.on = COMMIT
         self.skip = 0
         self.refuse = 0
         self.refused = 0
@@ -168,10 +191,16 @@ class CommitFaultProxy:
         assert self._server is not None
         self._server.close()
 
-    def arm(self, mode: Literal["before", "after"], skip: int = 0, refuse: int = 0) -> None:
-        """Lose the answer of the COMMIT after the next ``skip`` ones; then refuse the next
-        ``refuse`` connections (the database looks down for a moment)."""
-        self.mode, self.skip, self.refuse = mode, skip, refuse
+    def arm(
+        self,
+        mode: Literal["before", "after"],
+        skip: int = 0,
+        refuse: int = 0,
+        on: bytes = COMMIT,
+    ) -> None:
+        """Lose the answer of the commit (``on``) after the next ``skip`` ones; then refuse
+        the next ``refuse`` connections (the database looks down for a moment)."""
+        self.mode, self.skip, self.refuse, self.on = mode, skip, refuse, on
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         if self.tripped and self.refused < self.refuse:
@@ -180,22 +209,30 @@ class CommitFaultProxy:
             return
         sreader, swriter = await asyncio.open_connection(*self.upstream)
         swallow = asyncio.Event()
+        parsed: bytes | None = None  # the one statement's prepared name, once its Parse passed
 
         def drop() -> None:
             cwriter.transport.abort()
             swriter.transport.abort()
 
         async def upstream() -> None:
+            nonlocal parsed
             while data := await creader.read(65536):
-                if self.mode != "off" and COMMIT in data and self.skip:
+                if parsed is not None and _binds(data) == parsed:
+                    parsed = None
+                    swallow.set()
+                elif self.mode != "off" and self.on in data and self.skip:
                     self.skip -= 1
-                elif self.mode != "off" and COMMIT in data:
+                elif self.mode != "off" and self.on in data:
                     mode, self.mode = self.mode, "off"
                     self.tripped += 1
                     if mode == "before":
                         drop()
                         return
-                    swallow.set()
+                    if self.on == COMMIT:
+                        swallow.set()
+                    else:
+                        parsed = _parses(data)
                 swriter.write(data)
                 await swriter.drain()
             swriter.close()

@@ -1,5 +1,7 @@
-"""Real faults against the Postgres sink: a backend killed inside the batch's transaction,
-two runners on one lane, and connections lost while COMMIT is in flight (landed or not)."""
+"""Real faults against the Postgres sink: a backend killed inside the batch's transaction or
+its one statement, two runners on one lane, and connections lost while the commit is in flight
+(landed or not), on both write paths: one statement (up to ``chunk_rows`` rows) and a
+transaction of several statements (more rows)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from sinks.postgres import PostgresSink
 from sinks.postgres.encode import Rows
 from tests.sinks.postgres.conftest import PgEnv
 from tests.sinks.postgres.support import (
+    ONE_STATEMENT,
     CommitFaultProxy,
     load_history,
     snapshot,
@@ -36,9 +39,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.reliability]
 FAST = Backoff(base=0.01, cap=0.05)
 
 
+PATHS = {"statement": {}, "transaction": {"chunk_rows": 1}}
+"""Sink settings that send a batch of two or more rows down each write path."""
+
+
 class KillsItsBackend(PostgresSink):
-    """On the scheduled writes, terminates its own backend after the data statements and
-    before COMMIT: the process 'crashes' between write and checkpoint commit."""
+    """On the scheduled transactional writes (give it ``chunk_rows=1``), terminates its own
+    backend after the data statements and before COMMIT: the process 'crashes' between write
+    and checkpoint commit."""
 
     def __init__(self, *args: Any, crash_on: set[int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,7 +115,8 @@ async def test_backend_killed_inside_the_transaction_writes_nothing(pg: PgEnv) -
         "created_at": "2025-01-01T00:00:00+00:00",
         "updated_at": "2025-01-01T00:00:00+00:00",
     }
-    async with KillsItsBackend(pg.settings, crash_on={2}) as sink:
+    settings = pg.settings.model_copy(update={"chunk_rows": 1})
+    async with KillsItsBackend(settings, crash_on={1}) as sink:  # the first write is 1 row
         await sink.prepare(target)
         first = Batch("l", (PutDocument("o1", 1, doc),), None, Position(1, 1))
         await sink.write(target, first)
@@ -132,7 +141,8 @@ async def test_backend_killed_inside_the_transaction_writes_nothing(pg: PgEnv) -
 
 async def test_lane_converges_after_crashes_inside_transactions(pg: PgEnv) -> None:
     _, expected, lookups = await history(pg, 300)
-    async with KillsItsBackend(pg.settings, crash_on={2, 3, 7}) as sink:
+    settings = pg.settings.model_copy(update={"chunk_rows": 1})
+    async with KillsItsBackend(settings, crash_on={2, 3, 7}) as sink:
         lane = summary_lane(pg, sink, lookups, batch=100)
         with anyio.fail_after(60):
             await lane.run(until_caught_up=True)
@@ -160,14 +170,18 @@ async def test_two_runners_on_one_lane_exactly_one_advances(pg: PgEnv) -> None:
         await assert_converged(pg, winner.sink, winner, expected)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("lost", ["before", "after"])
 async def test_connection_lost_during_commit_is_resolved_by_the_checkpoint(
-    pg: PgEnv, lost: Literal["before", "after"]
+    pg: PgEnv, lost: Literal["before", "after"], path: str
 ) -> None:
     _, expected, lookups = await history(pg, 200)
-    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn) as sink:
+    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn, **PATHS[path]) as sink:
         lane = summary_lane(pg, sink, lookups, batch=150)
-        proxy.arm(lost, skip=1)  # the first COMMIT is the lane's prepare: spare it
+        if path == "statement":
+            proxy.arm(lost, on=ONE_STATEMENT)
+        else:
+            proxy.arm(lost, skip=1)  # the first COMMIT is the lane's prepare: spare it
         with anyio.fail_after(60):
             await lane.run(until_caught_up=True)
         assert proxy.tripped == 1
@@ -176,16 +190,20 @@ async def test_connection_lost_during_commit_is_resolved_by_the_checkpoint(
         await assert_converged(pg, sink, lane, expected)
 
 
+@pytest.mark.parametrize("path", PATHS)
 async def test_landed_commit_whose_answer_and_reread_are_lost_is_not_a_conflict(
-    pg: PgEnv,
+    pg: PgEnv, path: str
 ) -> None:
-    """The COMMIT lands, its answer is lost, and the database refuses the lane's re-read: the
+    """The commit lands, its answer is lost, and the database refuses the lane's re-read: the
     lane retries the batch, and the sink recognises its own landed commit (not another
     runner's) instead of halting the lane with a checkpoint conflict."""
     _, expected, lookups = await history(pg, 200)
-    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn) as sink:
+    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn, **PATHS[path]) as sink:
         lane = summary_lane(pg, sink, lookups, batch=150)
-        proxy.arm("after", skip=1, refuse=2)
+        if path == "statement":
+            proxy.arm("after", refuse=2, on=ONE_STATEMENT)
+        else:
+            proxy.arm("after", skip=1, refuse=2)
         with anyio.fail_after(60):
             await lane.run(until_caught_up=True)
         assert proxy.tripped == 1 and proxy.refused == 2
@@ -193,13 +211,96 @@ async def test_landed_commit_whose_answer_and_reread_are_lost_is_not_a_conflict(
         await assert_converged(pg, sink, lane, expected)
 
 
-async def test_lost_commit_answer_surfaces_as_ambiguous_commit(pg: PgEnv) -> None:
+def _order(key: str, status: str = "pending") -> dict[str, Any]:
+    return {
+        "id": key,
+        "customer_id": "c1",
+        "status": status,
+        "total_amount": "1.00",
+        "item_count": 1,
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "updated_at": "2025-01-01T00:00:00+00:00",
+    }
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_lost_commit_answer_surfaces_as_ambiguous_commit(pg: PgEnv, path: str) -> None:
     target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
-    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn) as sink:
+    first = Batch("l", (PutDocument("o1", 1, _order("o1")),), None, Position(1, 1))
+    second = Batch(
+        "l",
+        (PutDocument("o1", 2, _order("o1", "paid")), PutDocument("o2", 1, _order("o2"))),
+        Position(1, 1),
+        Position(2, 1),
+    )
+    async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn, **PATHS[path]) as sink:
         await sink.prepare(target)
-        for lost, landed in (("after", Position(1, 1)), ("before", None)):
+        for lost, landed in (("after", Position(2, 1)), ("before", Position(1, 1))):
             await sink.reset(target)
-            proxy.arm(lost)  # type: ignore[arg-type]
-            with pytest.raises(AmbiguousCommit, match="COMMIT"):
-                await sink.write(target, Batch("l", (), None, Position(1, 1)))
+            await sink.write(target, first)
+            if path == "statement":
+                await sink.pool.expire_connections()  # a new connection: the Parse is sent
+                proxy.arm(lost, on=ONE_STATEMENT)  # type: ignore[arg-type]
+            else:
+                proxy.arm(lost)  # type: ignore[arg-type]
+            with pytest.raises(AmbiguousCommit, match="writing 2 documents"):
+                await sink.write(target, second)
+            assert proxy.tripped
+            proxy.tripped = 0
             assert await sink.read_checkpoint(target) == landed
+            status = {
+                k: v.document and v.document["status"]
+                for k, v in (await sink.load(target, ["o1", "o2"])).items()
+            }
+            assert status == (
+                {"o1": "paid", "o2": "pending"} if lost == "after" else {"o1": "pending"}
+            )
+            await sink.write(target, second)  # the retry: a no-op if it landed, else lands
+            assert await sink.read_checkpoint(target) == Position(2, 1)
+
+
+async def test_backend_killed_inside_the_one_statement_leaves_nothing(pg: PgEnv) -> None:
+    """The one statement's compare-and-set has run and its upsert waits on a row another
+    session holds: terminating its backend then keeps nothing of it (not even the moved
+    checkpoint), the lane is told the commit is in doubt, and the retry lands once."""
+    target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
+    first = Batch("l", (PutDocument("o1", 1, _order("o1")),), None, Position(1, 1))
+    second = Batch(
+        "l",
+        (PutDocument("o1", 2, _order("o1", "paid")), PutDocument("o2", 1, _order("o2"))),
+        Position(1, 1),
+        Position(2, 1),
+    )
+    table = f'"{pg.schema}"."order_summary_g1"'
+    async with pg.sink() as sink:
+        await sink.prepare(target)
+        await sink.write(target, first)
+        before = await snapshot(sink.pool, pg.schema, "order_summary_g1")
+        holder = await asyncpg.connect(pg.dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(f"SELECT 1 FROM {table} WHERE key = 'o1' FOR UPDATE")
+                async with anyio.create_task_group() as group:
+
+                    async def terminate_the_waiter() -> None:
+                        with anyio.fail_after(10):
+                            while not await holder.fetchval(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE wait_event_type = 'Lock' AND query LIKE 'WITH cas AS%'"
+                            ):
+                                await anyio.sleep(0.02)
+
+                    group.start_soon(terminate_the_waiter)
+                    with pytest.raises(AmbiguousCommit, match="terminating connection"):
+                        await sink.write(target, second)
+        finally:
+            await holder.close()
+        assert await snapshot(sink.pool, pg.schema, "order_summary_g1") == before
+        assert await sink.read_checkpoint(target) == Position(1, 1)
+        await sink.write(target, second)  # the retry lands once
+        assert await sink.read_checkpoint(target) == Position(2, 1)
+        stored = await sink.load(target, ["o1", "o2"])
+        assert {k: (v.version, v.document and v.document["status"]) for k, v in stored.items()} == {
+            "o1": (2, "paid"),
+            "o2": (1, "pending"),
+        }
