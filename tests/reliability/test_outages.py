@@ -3,8 +3,8 @@ in process) with the order read models in Postgres, Redis, Elasticsearch and Duc
 store is reached through a TCP proxy (the event log stays direct), so every fault is a real
 network fault on the shared services: Elasticsearch unreachable, Redis connections cut and
 refused (a restart as the client sees it), the Postgres read-model backends terminated with
-``pg_terminate_backend``, and connections dropped while ``COMMIT`` is in flight (one that
-landed, one that did not). For each: the affected lane retries and converges, the other lanes
+``pg_terminate_backend``, and connections dropped while a flush's commit is in flight (one
+that landed, one that did not). For each: the affected lane retries and converges, the other lanes
 keep their lag, a stored checkpoint is never ahead of its stored data (sampled during the
 fault), and after the run every read model equals the independent oracle."""
 
@@ -38,7 +38,7 @@ from tests.reliability.stack import (
     tcp_proxy,
 )
 from tests.sinks.elasticsearch.proxy import TcpProxy
-from tests.sinks.postgres.support import CommitFaultProxy
+from tests.sinks.postgres.support import ONE_STATEMENT, CommitFaultProxy
 from tests.support.orders import Catalog, expected_orders, order_history
 
 pytestmark = [
@@ -211,17 +211,20 @@ class Faults:
         return f"{killed} backends terminated"
 
     async def postgres_commits_lost(self) -> str:
-        """Drop the connection at each ``COMMIT`` in turn, alternately once it reached the
-        server (it landed; two reconnections are refused after) and before (it did not)."""
+        """Drop the connection at each commit in turn (the lanes' flushes at the head: the
+        sink's one self-committing statement), alternately once it reached the server (it
+        landed; two reconnections are refused after) and before (it did not)."""
         deadline = monotonic() + OUTAGE
         landed = lost = 0
         while monotonic() < deadline:
             after = landed == lost
             tripped = self.postgres.tripped
-            self.postgres.arm("after" if after else "before", refuse=2 if after else 0)
+            self.postgres.arm(
+                "after" if after else "before", refuse=2 if after else 0, on=ONE_STATEMENT
+            )
             await wait_until(lambda: self.postgres.tripped > tripped, timeout=15)
             landed, lost = (landed + 1, lost) if after else (landed, lost + 1)
-        return f"{landed + lost} COMMITs lost in flight, {landed} of them landed"
+        return f"{landed + lost} commits lost in flight, {landed} of them landed"
 
 
 FAULTS: dict[str, tuple[Callable[[Faults], Awaitable[str]], tuple[str, ...]]] = {

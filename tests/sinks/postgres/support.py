@@ -131,8 +131,9 @@ COMMIT = b"Q\x00\x00\x00\x0cCOMMIT;\x00"
 """The simple-protocol Query message asyncpg sends to commit a transaction."""
 
 ONE_STATEMENT = b"WITH cas AS (UPDATE"
-"""In the Parse message of the sink's one-statement write of a later batch (its first use on
-a connection): the statement that commits itself."""
+"""In the Parse message of the sink's one-statement write of a later batch: the statement
+that commits itself. The proxy remembers, per connection, the names it was prepared under;
+a Bind of one of them (with Execute and Sync, which commits it) is that statement's commit."""
 
 
 def _parses(data: bytes) -> bytes | None:
@@ -153,8 +154,7 @@ class CommitFaultProxy:
     """A TCP proxy in front of Postgres that, once armed, loses the next commit's answer.
 
     The commit is a ``COMMIT`` (the default ``on``) or, with ``on=ONE_STATEMENT``, the
-    sink's one-statement write, which commits itself: its Parse passes, and the Bind of that
-    prepared statement (its execution, committed at the Sync) is the commit.
+    execution of the sink's one-statement write, which commits itself.
 
     ``before``: the connection drops before the commit reaches the server (it never lands).
     ``after``: the commit reaches the server, its answer is awaited and thrown away, then the
@@ -209,30 +209,29 @@ class CommitFaultProxy:
             return
         sreader, swriter = await asyncio.open_connection(*self.upstream)
         swallow = asyncio.Event()
-        parsed: bytes | None = None  # the one statement's prepared name, once its Parse passed
+        one_statement: set[bytes] = set()  # the names it is prepared under here
 
         def drop() -> None:
             cwriter.transport.abort()
             swriter.transport.abort()
 
         async def upstream() -> None:
-            nonlocal parsed
             while data := await creader.read(65536):
-                if parsed is not None and _binds(data) == parsed:
-                    parsed = None
-                    swallow.set()
-                elif self.mode != "off" and self.on in data and self.skip:
+                name = _parses(data)
+                if name is not None and ONE_STATEMENT in data:
+                    one_statement.add(name)
+                elif name is not None:
+                    one_statement.discard(name)
+                commit = COMMIT in data if self.on == COMMIT else _binds(data) in one_statement
+                if self.mode != "off" and commit and self.skip:
                     self.skip -= 1
-                elif self.mode != "off" and self.on in data:
+                elif self.mode != "off" and commit:
                     mode, self.mode = self.mode, "off"
                     self.tripped += 1
                     if mode == "before":
                         drop()
                         return
-                    if self.on == COMMIT:
-                        swallow.set()
-                    else:
-                        parsed = _parses(data)
+                    swallow.set()
                 swriter.write(data)
                 await swriter.drain()
             swriter.close()
