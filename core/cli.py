@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.app import App
+from core.app import App, tune_collector
 from core.errors import ConfigurationError, ProjectionistError, StoreUnavailable
 from core.logs import configure_logging
 from core.position import START
@@ -133,6 +133,7 @@ def run(
     async def go(settings: Settings) -> int:
         async with App(settings) as app_:
             _only(app_, lane)
+            tune_collector(settings)
             if settings.metrics_port:
                 from core.metrics import serve_metrics
 
@@ -207,6 +208,7 @@ def rebuild(lane: str) -> None:
 
     async def go(settings: Settings) -> int:
         async with App(settings) as app_:
+            tune_collector(settings)
             target = app_.runner.lane(lane)
             head = await app_.store.head()
             total = await app_.store.count_between(START, head) if head else 0

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from core.app import App
+from core.app import App, tune_collector
 from core.settings import Settings, import_object
 from core.status import StatusReport, collect_status, publish_status
 
@@ -180,6 +180,7 @@ async def run_demo(
     append_history = import_object(f"{demo}:append_history", "demo")
     seed = int(time.time() * 1000) % 1_000_000_007
     async with App(settings) as app:
+        tune_collector(settings)
         catalog = make_catalog()
         await seed_catalog(app.store.pool, catalog)
         started = time.monotonic()

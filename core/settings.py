@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     lookup_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
     """How long a looked-up entity is reused by every lane before it is fetched again
     (:class:`core.lookups.CachedLookups`); 0 fetches for every batch."""
+    gc_young_threshold: int = Field(default=20_000, ge=0, le=10_000_000)
+    """Allocations between two young-generation passes of Python's cyclic garbage collector
+    in a process that runs lanes (:func:`core.app.tune_collector`); Python's own is 700.
+    Lanes allocate and drop tens of thousands of objects per batch: at 700 the collector
+    rescans and promotes them while they are still in use, and then runs full collections
+    for them (a quarter of the runner's CPU in a rebuild, pauses of 0.2-0.7 s at the head).
+    0 keeps Python's setting."""
     sinks: dict[str, SinkSettings] = Field(default_factory=lambda: dict(DEFAULT_SINKS))
     lanes: list[LaneSettings] = Field(default_factory=lambda: list(DEFAULT_LANES))
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
