@@ -270,23 +270,27 @@ class PostgresSink(Sink):
         else:
             sql, cas = stm.write_next, (lane, generation, *new, *expected)
         moved: int | None = None
+        refused: BaseException | None = None
         try:
             async with self.pool.acquire() as conn:
                 try:
                     moved = await conn.fetchval(sql, *cas, *rows.columns(0, len(rows)))
                 except DRIVER_ERRORS as exc:
-                    if is_data_error(exc):
-                        raise await self._locate(stm, rows, exc) from None
-                    error = self._error(exc, what, in_commit=True)
-                    if isinstance(error, AmbiguousCommit):
-                        self._in_doubt[doubt] = new
-                    raise error from None
-                if not moved and await self._landed_before(conn, stm, target, batch):
-                    moved = 1
+                    if not is_data_error(exc):
+                        error = self._error(exc, what, in_commit=True)
+                        if isinstance(error, AmbiguousCommit):
+                            self._in_doubt[doubt] = new
+                        raise error from None
+                    refused = exc  # nothing was written; located below, on its own connection
+                else:
+                    if not moved and await self._landed_before(conn, stm, target, batch):
+                        moved = 1
         except DRIVER_ERRORS as exc:
-            if not moved:
+            if not moved and refused is None:
                 raise self._error(exc, what) from None
-            # else committed: only handing the connection back to the pool failed
+            # else committed (or refused): only handing the connection back failed
+        if refused is not None:
+            raise await self._locate(stm, rows, refused) from None
         self._in_doubt.pop(doubt, None)
 
     async def _write_in_transaction(

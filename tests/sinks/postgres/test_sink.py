@@ -211,8 +211,11 @@ async def test_a_value_the_column_cannot_hold_is_rejected_by_key(
         await sink.close()
 
 
-async def test_a_document_the_database_refuses_is_located_by_key(pg: PgEnv) -> None:
-    sink = await opened(pg)
+@pytest.mark.parametrize("chunk_rows", [2_000, 10], ids=["one statement", "transaction"])
+async def test_a_document_the_database_refuses_is_located_by_key(
+    pg: PgEnv, chunk_rows: int
+) -> None:
+    sink = await opened(pg, pool_size=1, chunk_rows=chunk_rows)  # locating needs no 2nd one
     try:
         ops: list[Operation] = [PutDocument(f"k{i}", 1, order(f"k{i}")) for i in range(50)]
         ops.append(PutDocument("k-nul", 1, order("k-nul", customer_name="nul\x00here")))
