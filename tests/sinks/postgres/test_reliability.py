@@ -104,39 +104,47 @@ async def assert_converged(pg: PgEnv, sink: PostgresSink, lane: Lane, expected: 
     assert {k: r["document"] for k, r in rows.items()} == expected
 
 
-async def test_backend_killed_inside_the_transaction_writes_nothing(pg: PgEnv) -> None:
-    target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
-    doc = {
-        "id": "o1",
+def _order(key: str, status: str = "pending") -> dict[str, Any]:
+    return {
+        "id": key,
         "customer_id": "c1",
-        "status": "pending",
+        "status": status,
         "total_amount": "1.00",
         "item_count": 1,
         "created_at": "2025-01-01T00:00:00+00:00",
         "updated_at": "2025-01-01T00:00:00+00:00",
     }
+
+
+TARGET = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
+FIRST = Batch("l", (PutDocument("o1", 1, _order("o1")),), None, Position(1, 1))
+SECOND = Batch(
+    "l",
+    (PutDocument("o1", 2, _order("o1", "paid")), PutDocument("o2", 1, _order("o2"))),
+    Position(1, 1),
+    Position(2, 1),
+)
+"""A lane's first batch, and the next one: two rows, one of them an update."""
+SECOND_STORED = {"o1": (2, "paid"), "o2": (1, "pending")}
+
+
+async def stored(sink: PostgresSink) -> dict[str, tuple[int, Any]]:
+    found = await sink.load(TARGET, ["o1", "o2"])
+    return {k: (v.version, v.document and v.document["status"]) for k, v in found.items()}
+
+
+async def test_backend_killed_inside_the_transaction_writes_nothing(pg: PgEnv) -> None:
     settings = pg.settings.model_copy(update={"chunk_rows": 1})
     async with KillsItsBackend(settings, crash_on={1}) as sink:  # the first write is 1 row
-        await sink.prepare(target)
-        first = Batch("l", (PutDocument("o1", 1, doc),), None, Position(1, 1))
-        await sink.write(target, first)
+        await sink.prepare(TARGET)
+        await sink.write(TARGET, FIRST)
         before = await snapshot(sink.pool, pg.schema, "order_summary_g1")
-        second = Batch(
-            "l",
-            (PutDocument("o1", 2, {**doc, "status": "completed"}), PutDocument("o2", 1, doc)),
-            Position(1, 1),
-            Position(2, 1),
-        )
         with pytest.raises(StoreUnavailable, match="terminating connection"):
-            await sink.write(target, second)
+            await sink.write(TARGET, SECOND)
         assert await snapshot(sink.pool, pg.schema, "order_summary_g1") == before
-        assert await sink.read_checkpoint(target) == Position(1, 1)
-        await sink.write(target, second)  # the retry lands once
-        stored = await sink.load(target, ["o1", "o2"])
-        assert {k: (v.version, v.document and v.document["status"]) for k, v in stored.items()} == {
-            "o1": (2, "completed"),
-            "o2": (1, "pending"),
-        }
+        assert await sink.read_checkpoint(TARGET) == Position(1, 1)
+        await sink.write(TARGET, SECOND)  # the retry lands once
+        assert await stored(sink) == SECOND_STORED
 
 
 async def test_lane_converges_after_crashes_inside_transactions(pg: PgEnv) -> None:
@@ -211,69 +219,37 @@ async def test_landed_commit_whose_answer_and_reread_are_lost_is_not_a_conflict(
         await assert_converged(pg, sink, lane, expected)
 
 
-def _order(key: str, status: str = "pending") -> dict[str, Any]:
-    return {
-        "id": key,
-        "customer_id": "c1",
-        "status": status,
-        "total_amount": "1.00",
-        "item_count": 1,
-        "created_at": "2025-01-01T00:00:00+00:00",
-        "updated_at": "2025-01-01T00:00:00+00:00",
-    }
-
-
 @pytest.mark.parametrize("path", PATHS)
 async def test_lost_commit_answer_surfaces_as_ambiguous_commit(pg: PgEnv, path: str) -> None:
-    target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
-    first = Batch("l", (PutDocument("o1", 1, _order("o1")),), None, Position(1, 1))
-    second = Batch(
-        "l",
-        (PutDocument("o1", 2, _order("o1", "paid")), PutDocument("o2", 1, _order("o2"))),
-        Position(1, 1),
-        Position(2, 1),
-    )
     async with CommitFaultProxy(pg.dsn) as proxy, pg.sink(dsn=proxy.dsn, **PATHS[path]) as sink:
-        await sink.prepare(target)
+        await sink.prepare(TARGET)
         for lost, landed in (("after", Position(2, 1)), ("before", Position(1, 1))):
-            await sink.reset(target)
-            await sink.write(target, first)
+            await sink.reset(TARGET)
+            await sink.write(TARGET, FIRST)
             if path == "statement":
                 proxy.arm(lost, on=ONE_STATEMENT)  # type: ignore[arg-type]
             else:
                 proxy.arm(lost)  # type: ignore[arg-type]
             with pytest.raises(AmbiguousCommit, match="writing 2 documents"):
-                await sink.write(target, second)
+                await sink.write(TARGET, SECOND)
             assert proxy.tripped
             proxy.tripped = 0
-            assert await sink.read_checkpoint(target) == landed
-            status = {
-                k: v.document and v.document["status"]
-                for k, v in (await sink.load(target, ["o1", "o2"])).items()
-            }
-            assert status == (
-                {"o1": "paid", "o2": "pending"} if lost == "after" else {"o1": "pending"}
+            assert await sink.read_checkpoint(TARGET) == landed
+            assert await stored(sink) == (
+                SECOND_STORED if lost == "after" else {"o1": (1, "pending")}
             )
-            await sink.write(target, second)  # the retry: a no-op if it landed, else lands
-            assert await sink.read_checkpoint(target) == Position(2, 1)
+            await sink.write(TARGET, SECOND)  # the retry: a no-op if it landed, else lands
+            assert await sink.read_checkpoint(TARGET) == Position(2, 1)
 
 
 async def test_backend_killed_inside_the_one_statement_leaves_nothing(pg: PgEnv) -> None:
     """The one statement's compare-and-set has run and its upsert waits on a row another
     session holds: terminating its backend then keeps nothing of it (not even the moved
     checkpoint), the lane is told the commit is in doubt, and the retry lands once."""
-    target = Target(lane="l", projection="order_summary", schema=OrderSummary.schema)
-    first = Batch("l", (PutDocument("o1", 1, _order("o1")),), None, Position(1, 1))
-    second = Batch(
-        "l",
-        (PutDocument("o1", 2, _order("o1", "paid")), PutDocument("o2", 1, _order("o2"))),
-        Position(1, 1),
-        Position(2, 1),
-    )
     table = f'"{pg.schema}"."order_summary_g1"'
     async with pg.sink() as sink:
-        await sink.prepare(target)
-        await sink.write(target, first)
+        await sink.prepare(TARGET)
+        await sink.write(TARGET, FIRST)
         before = await snapshot(sink.pool, pg.schema, "order_summary_g1")
         holder = await asyncpg.connect(pg.dsn)
         try:
@@ -291,15 +267,11 @@ async def test_backend_killed_inside_the_one_statement_leaves_nothing(pg: PgEnv)
 
                     group.start_soon(terminate_the_waiter)
                     with pytest.raises(AmbiguousCommit, match="terminating connection"):
-                        await sink.write(target, second)
+                        await sink.write(TARGET, SECOND)
         finally:
             await holder.close()
         assert await snapshot(sink.pool, pg.schema, "order_summary_g1") == before
-        assert await sink.read_checkpoint(target) == Position(1, 1)
-        await sink.write(target, second)  # the retry lands once
-        assert await sink.read_checkpoint(target) == Position(2, 1)
-        stored = await sink.load(target, ["o1", "o2"])
-        assert {k: (v.version, v.document and v.document["status"]) for k, v in stored.items()} == {
-            "o1": (2, "paid"),
-            "o2": (1, "pending"),
-        }
+        assert await sink.read_checkpoint(TARGET) == Position(1, 1)
+        await sink.write(TARGET, SECOND)  # the retry lands once
+        assert await sink.read_checkpoint(TARGET) == Position(2, 1)
+        assert await stored(sink) == SECOND_STORED
