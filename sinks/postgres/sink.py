@@ -96,6 +96,14 @@ def _statements(layout: Layout) -> _Statements:
     )
 
 
+def _cas_arguments(target: Target, batch: Batch) -> tuple[str | int, ...]:
+    """The checkpoint compare-and-set's parameters: lane, generation and the batch's end, then
+    the checkpoint it expects (none for a lane's first batch, whose statement inserts)."""
+    head = (target.lane, target.generation, *batch.checkpoint)
+    expected = batch.expected_checkpoint
+    return head if expected is None else (*head, *expected)
+
+
 def _affected(status: str) -> int:
     """Rows affected, from a command tag such as ``INSERT 0 1`` or ``UPDATE 0``."""
     return int(status.rsplit(" ", 1)[-1])
@@ -262,24 +270,20 @@ class PostgresSink(Sink):
         very batch having landed earlier (see :meth:`_landed_before`).
         """
         doubt = (target.lane, target.generation)
-        new, expected = batch.checkpoint, batch.expected_checkpoint
-        lane, generation = target.lane, target.generation
-        cas: tuple[str | int, ...]
-        if expected is None:
-            sql, cas = stm.write_first, (lane, generation, new[0], new[1])
-        else:
-            sql, cas = stm.write_next, (lane, generation, *new, *expected)
+        sql = stm.write_first if batch.expected_checkpoint is None else stm.write_next
         moved: int | None = None
         refused: BaseException | None = None
         try:
             async with self.pool.acquire() as conn:
                 try:
-                    moved = await conn.fetchval(sql, *cas, *rows.columns(0, len(rows)))
+                    moved = await conn.fetchval(
+                        sql, *_cas_arguments(target, batch), *rows.columns(0, len(rows))
+                    )
                 except DRIVER_ERRORS as exc:
                     if not is_data_error(exc):
                         error = self._error(exc, what, in_commit=True)
                         if isinstance(error, AmbiguousCommit):
-                            self._in_doubt[doubt] = new
+                            self._in_doubt[doubt] = batch.checkpoint
                         raise error from None
                     refused = exc  # nothing was written; located below, on its own connection
                 else:
@@ -333,21 +337,9 @@ class PostgresSink(Sink):
     ) -> bool:
         """Compare-and-set the lane's checkpoint row; zero rows means another writer moved it,
         or this batch landed before (:meth:`_landed_before`, whose answer this returns)."""
-        new, expected = batch.checkpoint, batch.expected_checkpoint
-        if expected is None:
-            status = await conn.execute(
-                stm.insert_checkpoint, target.lane, target.generation, new[0], new[1]
-            )
-        else:
-            status = await conn.execute(
-                stm.update_checkpoint,
-                target.lane,
-                target.generation,
-                new[0],
-                new[1],
-                expected[0],
-                expected[1],
-            )
+        first = batch.expected_checkpoint is None
+        sql = stm.insert_checkpoint if first else stm.update_checkpoint
+        status = await conn.execute(sql, *_cas_arguments(target, batch))
         if _affected(status) != 1:
             return await self._landed_before(conn, stm, target, batch)
         return False
