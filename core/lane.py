@@ -114,6 +114,8 @@ class Lane(ParksRejectedDocuments):
         self._retried: set[UUID] = set()
         self._flushed = anyio.Event()
         self._flush_now = False
+        self._deferred_to_head = False
+        """The last batch was ``catching_up``: the sink hears :meth:`Sink.caught_up` at the head."""
         self._throttle = LogThrottle()
         self.on_progress: Callable[[Lane], None] | None = None
 
@@ -219,8 +221,14 @@ class Lane(ParksRejectedDocuments):
             if self._due(pending, behind) or (
                 until_caught_up and at_head and self._unflushed(pending)
             ):
-                pending = await self._flush(pending)
+                pending = await self._flush(pending, catching_up=behind)
             if at_head and not self._unflushed(pending):
+                if self._deferred_to_head:
+                    await self._retrying(
+                        "telling the sink the lane is at the head",
+                        partial(self.sink.caught_up, self.target),
+                    )
+                    self._deferred_to_head = False
                 if until_caught_up:
                     self.state = LaneState.IDLE
                     return
@@ -406,7 +414,7 @@ class Lane(ParksRejectedDocuments):
 
     # -- flushing --------------------------------------------------------------------------
 
-    async def _flush(self, pending: Pending) -> Pending:
+    async def _flush(self, pending: Pending, *, catching_up: bool = False) -> Pending:
         """Write the pending operations with the new checkpoint.
 
         Every attempt runs to its end even when the lane is cancelled (SIGTERM): a healthy
@@ -418,6 +426,7 @@ class Lane(ParksRejectedDocuments):
             expected_checkpoint=self.checkpoint,
             checkpoint=pending.position,
             events=pending.events,
+            catching_up=catching_up,
         )
         started = monotonic()
         if pending.parked:
@@ -436,6 +445,7 @@ class Lane(ParksRejectedDocuments):
             self._retried.difference_update(done)
         self.checkpoint = batch.checkpoint
         self._flush_now = False
+        self._deferred_to_head = catching_up
         self._record(pending, monotonic() - started)
         return pending.flushed(self.document_cache)
 

@@ -121,6 +121,12 @@ class Sink(ABC):
     @abstractmethod
     async def write(self, target: Target, batch: Batch) -> None: ...
 
+    async def caught_up(self, target: Target) -> None:  # noqa: B027 - optional hook
+        """The lane has written everything up to the head of the log, and its last batch was
+        ``catching_up``: do now what was deferred for such batches (DuckDB publishes a
+        snapshot). Called once per arrival at the head, never with a write in flight. The
+        default does nothing."""
+
     @abstractmethod
     async def reset(self, target: Target) -> None:
         """Remove the target's data and checkpoint (a rebuild in place starts from nothing)."""

@@ -10,8 +10,10 @@ from core.events import NewEvent
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
 from core.lookups import StaticLookups
+from core.operations import Batch
 from core.position import START
 from core.runner import Runner
+from core.sink import Target
 from core.strategy import ErrorPolicy, LaneState, Strategy
 from core.testing import FlakySink, InMemorySink
 from tests.support.tally import OWNERS, TallyProjection, oracle
@@ -54,6 +56,35 @@ async def test_catch_up_equals_independent_fold() -> None:
     assert sink.state(ln.target).live_documents() == oracle(await everything(store))
     assert ln.checkpoint == await store.head()
     assert ln.stats.batches > 5
+
+
+async def test_batches_cut_behind_the_head_say_they_are_catching_up() -> None:
+    """A sink may defer reader-facing work on ``catching_up`` batches (DuckDB's snapshots), so
+    the flag must be true only while more of the log waits, and false on the batch that
+    reaches the head."""
+
+    class Recording(InMemorySink):
+        calls: list[str]
+
+        async def write(self, target: Target, batch: Batch) -> None:
+            self.calls.append("catching up" if batch.catching_up else "at the head")
+            await super().write(target, batch)
+
+        async def caught_up(self, target: Target) -> None:
+            self.calls.append("caught up")
+
+    store = InMemoryEventStore()
+    await fill(store)  # 121 events: 17 batches of 7, then 2 events at the head
+    sink = Recording()
+    sink.calls = []
+    ln = lane(store, sink, strategy=Strategy.immediate(max_batch=7, catch_up_batch=7))
+    await ln.run(until_caught_up=True)
+    assert sink.calls == ["catching up"] * 17 + ["at the head"]
+    await store.append("tally-1", [added(n) for n in range(5)])  # 126 events: 18 batches of 7
+    sink.calls.clear()
+    await ln.reset()
+    await ln.run(until_caught_up=True)
+    assert sink.calls == ["catching up"] * 18 + ["caught up"]
 
 
 async def test_upcaster_applies_old_schema_versions() -> None:
