@@ -4,7 +4,8 @@ the same run.
 Ceiling ``arrow_insert``: the lane's final rows (orders and order lines, read back from its
 file as Arrow tables before timing) inserted into a fresh file with the same tables, in one
 transaction of ``INSERT ... SELECT`` from Arrow, then ``CHECKPOINT``. The lane's time includes
-publishing a snapshot after each flush (``publishing_s``), which dashboards need.
+publishing snapshots for dashboards (``publishing_s``): at most every 30 s while it catches up,
+and once at the head.
 
 Run with ``bench/run.py --only catchup --lanes order_analytics``.
 """

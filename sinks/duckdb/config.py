@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -9,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.errors import ConfigurationError
 
 __all__ = ("DuckDBSinkSettings",)
+
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_UNITS |= {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_MEMORY = re.compile(r"(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>%|[kmgt]i?b|b)")
 
 
 class DuckDBSinkSettings(BaseModel):
@@ -25,7 +30,13 @@ class DuckDBSinkSettings(BaseModel):
     path: Path
     """The working file, e.g. ``/var/lib/projectionist/analytics.duckdb``."""
     publish_snapshots: bool = True
-    """Publish an immutable snapshot after every committed write (the dashboard protocol)."""
+    """Publish an immutable snapshot after committed writes (the dashboard protocol)."""
+    catch_up_publish_seconds: float = Field(default=30.0, ge=0.0, le=86_400.0)
+    """While a lane catches up (its batch says more of the log is waiting), publish at most
+    this often; 0 publishes after every write. A write at the head is always published, and
+    so is the last write before :meth:`~sinks.duckdb.DuckDBSink.close`. A publish copies the
+    whole file (no reflink on ext4), so publishing every catch-up batch made a rebuild's cost
+    grow with the square of the history (bench/README.md)."""
     keep_snapshots: int = Field(default=3, ge=2, le=100)
     """Snapshots kept on disk; older ones are deleted (a reader that has one open keeps it)."""
     chunk_rows: int = Field(default=50_000, ge=1, le=1_000_000)
@@ -33,11 +44,38 @@ class DuckDBSinkSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads (``None``: DuckDB's default, one per core)."""
     memory_limit: str | None = None
-    """DuckDB ``memory_limit`` such as ``"2GB"``; ``None``: DuckDB's own default, 80% of RAM.
-    DuckDB keeps the blocks and indexes of a growing table in memory up to it. Measured at
-    1,000,000 events (bench/README.md): the lane alone peaked at 387 MB without a limit and at
-    304 MB with ``"100MB"`` in the same time, but with all five reference lanes in one runner
-    ``"100MB"`` cut the peak from 484 to 372 MB and doubled the rebuild (267 to 535 s)."""
+    """DuckDB's ``memory_limit``: a size with its unit (``"100MB"``, ``"2GB"``, ``"512MiB"``,
+    at least 16MB) or a share of the RAM (``"10%"``); ``None``: DuckDB's own default, 80% of
+    the RAM. DuckDB caches the tables' blocks up to it, so without a limit the runner grows
+    with the analytics tables. Measured at 1,000,000 events (decision 0010): ``"100MB"`` took
+    the analytics lane alone from 369 to 302 MB and all five reference lanes in one runner
+    from 492 to 381 MB, and neither was slower. Not the default, because the limit must leave
+    room for the largest document several times over: a block DuckDB cannot pin fails even a
+    ``CHECKPOINT`` (a 20 MiB document under ``"16MB"``). A flush that runs out of memory is
+    written once without the limit, with a warning (see :class:`~sinks.duckdb.DuckDBSink`)."""
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        found = _MEMORY.fullmatch(value.strip().lower())
+        share = found is not None and found["unit"] == "%"
+        if found is None or (share and not 0 < float(found["amount"]) <= 100):
+            raise ConfigurationError(
+                "duckdb.memory_limit",
+                value,
+                'give a size with its unit, such as "100MB", "2GB" or "512MiB", or a share of '
+                'the RAM such as "10%"',
+            )
+        if not share and float(found["amount"]) * _UNITS[found["unit"]] < 16 * 1000**2:
+            raise ConfigurationError(
+                "duckdb.memory_limit",
+                value,
+                'give at least "16MB": below that DuckDB fails ordinary statements with "Out of '
+                'Memory" (4MB could not build a table of 200,000 short rows)',
+            )
+        return value
 
     @field_validator("path")
     @classmethod

@@ -66,6 +66,23 @@ _WRITE_CHECKPOINT = (
 )
 
 
+@contextlib.contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """``table`` visible to SQL as ``name`` for the block.
+
+    After a failed statement DuckDB refuses the unregister as well ("Current transaction is
+    aborted"); that second error would hide the one that matters (an out-of-memory, a
+    constraint), so it is suppressed while an error is on its way out."""
+    con.register(name, table)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.unregister(name)
+        raise
+    con.unregister(name)
+
+
 def _checkpoint(con: duckdb.DuckDBPyConnection, lane: str, generation: int) -> Position | None:
     rows = con.execute(_READ_CHECKPOINT, [lane, generation]).fetchall()
     return Position(int(rows[0][0]), int(rows[0][1])) if rows else None
@@ -76,6 +93,9 @@ class PublishStats:
     """How snapshot publishing went, for ``describe()`` and the benchmark."""
 
     published: int = 0
+    unpublished_writes: int = 0
+    """Writes committed since the last published snapshot (deferred while catching up, or a
+    publish that failed)."""
     total_seconds: float = 0.0
     last_seconds: float = 0.0
     max_seconds: float = 0.0
@@ -103,6 +123,9 @@ class DuckDBSink(Sink):
         self._lock_fd: int | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._sequence = 0
+        self._published_at = float("-inf")
+        self.over_memory_limit = 0
+        """Flushes written without ``memory_limit`` because they did not fit it."""
 
     # -- the worker-thread slot ----------------------------------------------------------
 
@@ -112,9 +135,14 @@ class DuckDBSink(Sink):
         return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
 
     @contextlib.contextmanager
-    def _mapped(self, what: str, *, in_commit: bool = False) -> Iterator[None]:
+    def _mapped(
+        self, what: str, *, in_commit: bool = False, passing: tuple[type[Exception], ...] = ()
+    ) -> Iterator[None]:
+        """Translate driver errors (but ``passing``, raised as they are) at the boundary."""
         try:
             yield
+        except passing:
+            raise
         except (duckdb.Error, OSError) as exc:
             error = translate_duckdb_error(exc, what, self.layout.working, in_commit=in_commit)
             if isinstance(error, TransientError):
@@ -173,6 +201,8 @@ class DuckDBSink(Sink):
                 con.close()
 
     def _close(self) -> None:
+        if self.publishing.unpublished_writes and self._con is not None:
+            self._publish_quietly()
         self._drop_connection()
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
@@ -202,7 +232,9 @@ class DuckDBSink(Sink):
         with self._mapped("publishing a snapshot"):
             path = publish(con, self.layout, self._sequence + 1, self.settings.keep_snapshots)
         self._sequence += 1
+        self._published_at = monotonic()
         stats = self.publishing
+        stats.unpublished_writes = 0
         stats.published += 1
         stats.last_seconds = monotonic() - started
         stats.total_seconds += stats.last_seconds
@@ -219,6 +251,21 @@ class DuckDBSink(Sink):
             log.warning(
                 "sink %s: snapshot not published (readers see the previous one): %s", self.name, exc
             )
+
+    def _publish_due(self, catching_up: bool) -> bool:
+        """Every write at the head; while catching up, once per ``catch_up_publish_seconds``."""
+        if not catching_up:
+            return True
+        return monotonic() - self._published_at >= self.settings.catch_up_publish_seconds
+
+    async def caught_up(self, target: Target) -> None:
+        """Publish what catching up deferred, now that the lane is at the head."""
+
+        def run() -> None:
+            if self.publishing.unpublished_writes:
+                self._publish_quietly()
+
+        await self._run(run)
 
     async def publish(self) -> None:
         """Publish a snapshot now (raises if it fails)."""
@@ -268,15 +315,14 @@ class DuckDBSink(Sink):
         def run() -> dict[str, StoredDocument]:
             con = self._connection()
             wanted = pa.table({"key": pa.array(list(keys), type=pa.string())})
-            with self._mapped(f"loading {len(keys)} documents from {tables.table}"):
-                con.register("projectionist_keys", wanted)
-                try:
-                    rows = con.execute(
-                        f"SELECT key, version, deleted, document FROM {quote_ident(tables.table)} "
-                        "WHERE key IN (SELECT key FROM projectionist_keys)"
-                    ).fetchall()
-                finally:
-                    con.unregister("projectionist_keys")
+            with (
+                self._mapped(f"loading {len(keys)} documents from {tables.table}"),
+                _registered(con, "projectionist_keys", wanted),
+            ):
+                rows = con.execute(
+                    f"SELECT key, version, deleted, document FROM {quote_ident(tables.table)} "
+                    "WHERE key IN (SELECT key FROM projectionist_keys)"
+                ).fetchall()
             return {
                 key: StoredDocument(int(version), None if deleted else jsontext.loads(document))
                 for key, version, deleted, document in rows
@@ -288,10 +334,9 @@ class DuckDBSink(Sink):
         tables = table_set(target)
         ops = dedupe(batch.operations)
 
-        def run() -> None:
-            con = self._connection()
+        def commit(con: duckdb.DuckDBPyConnection, passing: tuple[type[Exception], ...]) -> None:
             what = f"writing lane {batch.lane!r} up to {batch.checkpoint}"
-            with self._mapped(what), self._transaction(con, commit=False):
+            with self._mapped(what, passing=passing), self._transaction(con, commit=False):
                 found = _checkpoint(con, batch.lane, target.generation)
                 if found != batch.expected_checkpoint:
                     raise CheckpointConflict(batch.lane, batch.expected_checkpoint, found)
@@ -302,28 +347,63 @@ class DuckDBSink(Sink):
                 con.execute(_WRITE_CHECKPOINT, position)
             with self._mapped(what + " (COMMIT)", in_commit=True):
                 con.execute("COMMIT")
-            self._publish_quietly()
+
+        def run() -> None:
+            con = self._connection()
+            try:
+                commit(con, (duckdb.OutOfMemoryException,) if self.settings.memory_limit else ())
+            except duckdb.OutOfMemoryException as exc:  # rolled back; once more, unbounded
+                with self._limit_lifted(con, batch, exc):
+                    commit(con, ())
+            self.publishing.unpublished_writes += 1
+            if self._publish_due(batch.catching_up):
+                self._publish_quietly()
 
         await self._run(run)
 
+    @contextlib.contextmanager
+    def _limit_lifted(
+        self, con: duckdb.DuckDBPyConnection, batch: Batch, exc: BaseException
+    ) -> Iterator[None]:
+        """DuckDB's own memory limit (80% of the RAM) for one flush that does not fit the
+        configured one (a document of tens of MiB), then the configured one again.
+
+        The limit bounds DuckDB's cache; it must not stop a lane for good: an out-of-memory
+        error would come back at every retry of the same batch, so retrying it as it was
+        would stall the lane forever."""
+        self.over_memory_limit += 1
+        log.warning(
+            "sink %s: lane %s's flush up to %s needs more than memory_limit=%s (%s); it is "
+            "written once without the limit. Raise the sink's memory_limit if this repeats.",
+            self.name,
+            batch.lane,
+            batch.checkpoint,
+            self.settings.memory_limit,
+            str(exc).splitlines()[0],
+        )
+        with self._mapped("lifting memory_limit"):
+            con.execute("SET memory_limit = '80%'")
+        try:
+            yield
+        finally:
+            try:
+                con.execute(f"SET memory_limit = '{self.settings.memory_limit}'")
+            except duckdb.Error:
+                self._drop_connection()  # reopened with the configured limit
+
     @staticmethod
     def _apply(con: duckdb.DuckDBPyConnection, tables: TableSet, encoded: Encoded) -> None:
-        """One chunk: find the keys whose stored version is older, replace their child rows
-        and upsert their documents (the upsert re-checks the version)."""
-        con.register("projectionist_batch", encoded.documents)
-        try:
+        """One chunk: find the keys whose stored version is older or absent (the winners),
+        then replace their child rows and their document rows (delete, then insert)."""
+        with _registered(con, "projectionist_batch", encoded.documents):
             con.execute(tables.winners_sql("projectionist_batch"))
             for child in tables.children:
                 delete, insert = child.replace_sql("projectionist_children")
                 con.execute(delete)
-                con.register("projectionist_children", encoded.children[child.table])
-                try:
+                with _registered(con, "projectionist_children", encoded.children[child.table]):
                     con.execute(insert)
-                finally:
-                    con.unregister("projectionist_children")
-            con.execute(tables.upsert_sql("projectionist_batch"))
-        finally:
-            con.unregister("projectionist_batch")
+            for statement in tables.replace_sql("projectionist_batch"):
+                con.execute(statement)
 
     async def reset(self, target: Target) -> None:
         tables = table_set(target)
@@ -373,6 +453,8 @@ class DuckDBSink(Sink):
             "dashboards_open": str(self.layout.current),
             "current_snapshot": p.current,
             "snapshots_published": p.published,
+            "unpublished_writes": p.unpublished_writes,
+            "flushes_over_memory_limit": self.over_memory_limit,
             "last_publish_seconds": round(p.last_seconds, 4),
             "max_publish_seconds": round(p.max_seconds, 4),
             "publish_error": p.error,

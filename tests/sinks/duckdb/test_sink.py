@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import duckdb
+import pyarrow as pa
 import pytest
 
 from core.errors import CheckpointConflict, ConfigurationError, DocumentRejected
@@ -18,6 +19,8 @@ from core.position import Position
 from core.schema import ChildTable, DocumentSchema, Field, FieldType
 from core.sink import StoredDocument, Target
 from sinks.duckdb import open_current
+from sinks.duckdb.schema import table_set
+from sinks.duckdb.sink import _registered
 from tests.sinks.duckdb.conftest import SinkFactory
 from tests.sinks.duckdb.support import checkpoint_of, dump
 
@@ -116,6 +119,77 @@ async def test_version_guard_and_tombstones(make_sink: SinkFactory, db_path: Pat
     await sink.write(t, batch([PutDocument("a", 4, thing("a", 4))], Position(1, 4), Position(1, 5)))
     assert (await sink.load(t, ["a"]))["a"] == StoredDocument(4, thing("a", 4))
     assert rows(db_path, "SELECT count(*) FROM parts") == [(2,)]
+    assert rows(db_path, "SELECT count(*) FROM things_g1") == [(1,)]  # one row per key
+
+
+async def test_tables_made_with_a_primary_key_take_the_same_writes(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    """Files made before the key lost its index (``key VARCHAR PRIMARY KEY``) keep it; the
+    delete-then-insert flush must work on them too, replacing a key in one transaction."""
+    sink = make_sink()
+    t = target()
+    await sink.prepare(t)
+    await sink.close()
+    with duckdb.connect(str(db_path)) as con:
+        con.execute("DROP TABLE things_g1")
+        ddl = table_set(t).ddl()[0]
+        con.execute(ddl.replace("key VARCHAR NOT NULL", "key VARCHAR PRIMARY KEY"))
+        indexed = con.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'things_g1' "
+            "AND constraint_type = 'PRIMARY KEY'"
+        ).fetchall()
+        assert indexed == [(1,)]
+    again = make_sink()
+    await again.prepare(t)
+    ops = [PutDocument(k, 1, thing(k, 1)) for k in ("a", "b")]
+    await again.write(t, batch(ops, None, Position(1, 1)))
+    ops = [PutDocument("a", 2, thing("a", 2)), PutDocument("c", 1, thing("c", 1))]
+    await again.write(t, batch(ops, Position(1, 1), Position(1, 2)))
+    assert await again.load(t, ["a", "b", "c"]) == {
+        "a": StoredDocument(2, thing("a", 2)),
+        "b": StoredDocument(1, thing("b", 1)),
+        "c": StoredDocument(1, thing("c", 1)),
+    }
+    assert rows(db_path, "SELECT count(*) FROM things_g1") == [(3,)]
+
+
+async def test_a_flush_too_big_for_memory_limit_is_written_without_it_once(
+    make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An out-of-memory error would come back at every retry of the same batch; the sink
+    writes that one flush under DuckDB's own limit, says so, and restores the configured one."""
+    sink = make_sink(memory_limit="64MB")
+    t = target()
+    await sink.prepare(t)
+    big = {**thing("big", 1), "label": "x" * (20 * 1024 * 1024)}
+    with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
+        await sink.write(t, batch([PutDocument("big", 1, big)], None, Position(1, 1)))
+    assert "needs more than memory_limit=64MB" in caplog.text
+    assert "snapshot not published" not in caplog.text
+    assert (await sink.describe())["flushes_over_memory_limit"] == 1
+    assert (await sink.load(t, ["big"]))["big"] == StoredDocument(1, big)
+    con = sink._connection()
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit == "61.0 MiB"  # 64MB again
+    await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], Position(1, 1), Position(1, 2)))
+    assert (await sink.describe())["flushes_over_memory_limit"] == 1
+
+
+def test_a_failed_statement_is_reported_not_the_aborted_transaction() -> None:
+    """After a statement fails inside a transaction, DuckDB also refuses to unregister the
+    Arrow table ("Current transaction is aborted"); the flush must report the first error."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    con.execute("BEGIN TRANSACTION")
+    with pytest.raises(duckdb.ConstraintException), _registered(con, "x", pa.table({"k": [1, 1]})):
+        con.execute("INSERT INTO t SELECT k FROM x")
+    con.execute("ROLLBACK")
+    with _registered(con, "x", pa.table({"k": [2]})):
+        con.execute("INSERT INTO t SELECT k FROM x")
+    assert con.execute("SELECT k FROM t").fetchall() == [(2,)]
+    with pytest.raises(duckdb.CatalogException):
+        con.execute("SELECT * FROM x")  # unregistered after the block
 
 
 async def test_duplicate_keys_in_one_batch_keep_the_newest(make_sink: SinkFactory) -> None:

@@ -1,5 +1,6 @@
 """Snapshot publishing and the reader helper: the newest snapshots kept, the symlink on the
-newest, leftovers of a killed publish removed, readers unaffected by deletion; the factory."""
+newest, leftovers of a killed publish removed, readers unaffected by deletion, publishing
+deferred while a lane catches up; the factory."""
 
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ SCHEMA = DocumentSchema(fields=(Field(name="n", type=FieldType.INTEGER),))
 TARGET = Target("counts@duckdb", "counts", SCHEMA)
 
 
-async def write(sink: DuckDBSink, n: int) -> None:
+async def write(sink: DuckDBSink, n: int, *, catching_up: bool = False) -> None:
     """Version ``n`` of the one document, moving the checkpoint from 1/n-1 to 1/n."""
     batch = Batch(
         TARGET.lane,
         (PutDocument("a", n, {"n": n}),),
         Position(1, n - 1) if n > 1 else None,
         Position(1, n),
+        catching_up=catching_up,
     )
     await sink.write(TARGET, batch)
 
@@ -79,6 +81,64 @@ async def test_leftovers_of_a_killed_publish_are_removed_on_open(
     assert layout.snapshots()[-1][0] > 1
 
 
+def published_count(db_path: Path) -> int:
+    """The ``n`` of the snapshot dashboards open now."""
+    con = open_current(db_path)
+    try:
+        return count_in(con)
+    finally:
+        con.close()
+
+
+async def deferring(make_sink: SinkFactory) -> DuckDBSink:
+    """A sink that defers catch-up publishing for an hour, with version 1 published."""
+    sink = make_sink(catch_up_publish_seconds=3600)
+    await sink.prepare(TARGET)
+    await write(sink, 1)
+    return sink
+
+
+async def test_catching_up_publishes_once_per_interval_and_at_the_head(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = await deferring(make_sink)
+    for n in range(2, 6):
+        await write(sink, n, catching_up=True)
+    assert published_count(db_path) == 1  # the four catch-up writes wait for the interval
+    assert sink.publishing.unpublished_writes == 4
+    assert (await sink.describe())["unpublished_writes"] == 4
+    await write(sink, 6)  # the lane reached the head: published at once
+    assert published_count(db_path) == 6
+    assert sink.publishing.unpublished_writes == 0
+    await write(sink, 7, catching_up=True)
+    assert published_count(db_path) == 6
+    await sink.caught_up(TARGET)  # the lane found that batch was its last before the head
+    assert published_count(db_path) == 7
+    published = sink.publishing.published
+    await sink.caught_up(TARGET)  # nothing deferred: nothing to do
+    assert sink.publishing.published == published
+
+
+async def test_close_publishes_what_catching_up_deferred(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = await deferring(make_sink)
+    await write(sink, 2, catching_up=True)
+    assert published_count(db_path) == 1
+    await sink.close()
+    assert published_count(db_path) == 2
+
+
+async def test_an_interval_of_zero_publishes_every_catch_up_write(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    sink = make_sink(catch_up_publish_seconds=0)
+    await sink.prepare(TARGET)
+    for n in range(1, 4):
+        await write(sink, n, catching_up=True)
+        assert published_count(db_path) == n
+
+
 async def test_reader_before_any_snapshot_says_what_to_do(db_path: Path) -> None:
     with pytest.raises(NoSnapshot, match=r"no snapshot .* is published yet"):
         open_current(db_path, timeout=0.05)
@@ -107,3 +167,13 @@ def test_factory_takes_the_path_from_settings_or_options(tmp_path: Path) -> None
         create_sink("x", settings, {"path": str(tmp_path / "a.current.duckdb")})
     with pytest.raises(ConfigurationError, match="memory"):
         create_sink("x", settings, {"path": ":memory:"})
+
+
+def test_memory_limit_is_checked_when_read(tmp_path: Path) -> None:
+    settings = SimpleNamespace(duckdb_path=tmp_path / "a.duckdb")
+    assert create_sink("x", settings, {}).settings.memory_limit is None  # DuckDB's own
+    for fine in ("2GB", "512 MiB", "10%", None):
+        assert create_sink("x", settings, {"memory_limit": fine}).settings.memory_limit == fine
+    for bad, why in [("100", "with its unit"), ("150%", "share"), ("8MB", "at least")]:
+        with pytest.raises(ConfigurationError, match=f"duckdb.memory_limit.*{why}"):
+            create_sink("x", settings, {"memory_limit": bad})
