@@ -115,7 +115,7 @@ class Lane(ParksRejectedDocuments):
         self._flushed = anyio.Event()
         self._flush_now = False
         self._deferred_to_head = False
-        """The last batch was ``catching_up``: the sink hears :meth:`Sink.caught_up` at the head."""
+        """The last batch was ``catching_up``: :meth:`_finish_deferred` is due when none follows."""
         self._throttle = LogThrottle()
         self.on_progress: Callable[[Lane], None] | None = None
 
@@ -214,6 +214,7 @@ class Lane(ParksRejectedDocuments):
                 if halted:
                     if self._unflushed(pending) or pending.parked:
                         await self._flush(pending)
+                    await self._finish_deferred()
                     self.state = LaneState.HALTED
                     return
             at_head = len(events) < limit
@@ -223,18 +224,21 @@ class Lane(ParksRejectedDocuments):
             ):
                 pending = await self._flush(pending, catching_up=behind)
             if at_head and not self._unflushed(pending):
-                if self._deferred_to_head:
-                    await self._retrying(
-                        "telling the sink the lane is at the head",
-                        partial(self.sink.caught_up, self.target),
-                    )
-                    self._deferred_to_head = False
+                await self._finish_deferred()
                 if until_caught_up:
                     self.state = LaneState.IDLE
                     return
                 self.state = LaneState.IDLE
             if at_head:
                 await source.wait_for_new(self._wait_time(pending), seen)
+
+    async def _finish_deferred(self) -> None:
+        """Let the sink do what it deferred for the last batch, which was ``catching_up``."""
+        if self._deferred_to_head:
+            await self._retrying(
+                "finishing what the sink deferred", partial(self.sink.finish_deferred, self.target)
+            )
+            self._deferred_to_head = False
 
     def _unflushed(self, pending: Pending) -> bool:
         return pending.position != (self.checkpoint or START)

@@ -67,5 +67,6 @@ class Batch:
     """More of the log was waiting when the lane cut this batch (a rebuild or a lane behind
     the head). A sink may then defer work that only readers need, such as publishing a
     snapshot; the data and the checkpoint are written all the same. The deferred work is due
-    at the next batch without it, or at :meth:`core.sink.Sink.caught_up`, which the lane
-    calls when a ``catching_up`` batch turned out to be its last before the head."""
+    at the next batch without it, or at :meth:`core.sink.Sink.finish_deferred`, which the
+    lane calls when a ``catching_up`` batch turned out to be its last for now (at the head, or
+    halted)."""

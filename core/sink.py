@@ -121,10 +121,10 @@ class Sink(ABC):
     @abstractmethod
     async def write(self, target: Target, batch: Batch) -> None: ...
 
-    async def caught_up(self, target: Target) -> None:  # noqa: B027 - optional hook
-        """The lane has written everything up to the head of the log, and its last batch was
-        ``catching_up``: do now what was deferred for such batches (DuckDB publishes a
-        snapshot). Called once per arrival at the head, never with a write in flight. The
+    async def finish_deferred(self, target: Target) -> None:  # noqa: B027 - optional hook
+        """The lane's last batch was ``catching_up`` and no batch follows for now (the lane
+        reached the head with nothing to flush, or it halted): do what was deferred for such
+        batches (DuckDB publishes a snapshot). Never called with a write in flight. The
         default does nothing."""
 
     @abstractmethod

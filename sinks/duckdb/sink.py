@@ -258,8 +258,8 @@ class DuckDBSink(Sink):
             return True
         return monotonic() - self._published_at >= self.settings.catch_up_publish_seconds
 
-    async def caught_up(self, target: Target) -> None:
-        """Publish what catching up deferred, now that the lane is at the head."""
+    async def finish_deferred(self, target: Target) -> None:
+        """Publish what catching up deferred: the lane has no batch coming for now."""
 
         def run() -> None:
             if self.publishing.unpublished_writes:

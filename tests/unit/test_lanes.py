@@ -42,6 +42,21 @@ def lane(store: InMemoryEventStore, sink: object, **kw: object) -> Lane:
     return Lane(TallyProjection(), sink, store, lookups=StaticLookups(OWNERS), **kw)  # type: ignore[arg-type]
 
 
+class RecordingSink(InMemorySink):
+    """Records whether each batch was catching up, and calls of ``finish_deferred``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def write(self, target: Target, batch: Batch) -> None:
+        self.calls.append("catching up" if batch.catching_up else "at the head")
+        await super().write(target, batch)
+
+    async def finish_deferred(self, target: Target) -> None:
+        self.calls.append("finish deferred")
+
+
 async def everything(store: InMemoryEventStore) -> list[object]:
     return [e async for e in store.iterate(START)]
 
@@ -63,20 +78,9 @@ async def test_batches_cut_behind_the_head_say_they_are_catching_up() -> None:
     the flag must be true only while more of the log waits, and false on the batch that
     reaches the head."""
 
-    class Recording(InMemorySink):
-        calls: list[str]
-
-        async def write(self, target: Target, batch: Batch) -> None:
-            self.calls.append("catching up" if batch.catching_up else "at the head")
-            await super().write(target, batch)
-
-        async def caught_up(self, target: Target) -> None:
-            self.calls.append("caught up")
-
     store = InMemoryEventStore()
     await fill(store)  # 121 events: 17 batches of 7, then 2 events at the head
-    sink = Recording()
-    sink.calls = []
+    sink = RecordingSink()
     ln = lane(store, sink, strategy=Strategy.immediate(max_batch=7, catch_up_batch=7))
     await ln.run(until_caught_up=True)
     assert sink.calls == ["catching up"] * 17 + ["at the head"]
@@ -84,7 +88,21 @@ async def test_batches_cut_behind_the_head_say_they_are_catching_up() -> None:
     sink.calls.clear()
     await ln.reset()
     await ln.run(until_caught_up=True)
-    assert sink.calls == ["catching up"] * 18 + ["caught up"]
+    assert sink.calls == ["catching up"] * 18 + ["finish deferred"]
+
+
+async def test_a_lane_halting_after_a_catching_up_batch_lets_the_sink_finish() -> None:
+    store = InMemoryEventStore()
+    await fill(store)
+    await store.append("tally-1", [added(n) for n in range(5)])  # 126 events: 18 batches of 7
+    await store.append("tally-2", [NewEvent(event_type="Poison"), added(1)])
+    sink = RecordingSink()
+    ln = lane(
+        store, sink, policy=ErrorPolicy.HALT, strategy=Strategy.immediate(7, catch_up_batch=7)
+    )
+    await ln.run(until_caught_up=True)
+    assert ln.state is LaneState.HALTED
+    assert sink.calls == ["catching up"] * 18 + ["finish deferred"]
 
 
 async def test_upcaster_applies_old_schema_versions() -> None:

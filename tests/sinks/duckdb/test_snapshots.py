@@ -112,10 +112,10 @@ async def test_catching_up_publishes_once_per_interval_and_at_the_head(
     assert sink.publishing.unpublished_writes == 0
     await write(sink, 7, catching_up=True)
     assert published_count(db_path) == 6
-    await sink.caught_up(TARGET)  # the lane found that batch was its last before the head
+    await sink.finish_deferred(TARGET)  # the lane found that batch was its last before the head
     assert published_count(db_path) == 7
     published = sink.publishing.published
-    await sink.caught_up(TARGET)  # nothing deferred: nothing to do
+    await sink.finish_deferred(TARGET)  # nothing deferred: nothing to do
     assert sink.publishing.published == published
 
 
