@@ -60,7 +60,8 @@ def raw_insert(source: Path, target_file: Path, target: Target) -> dict[str, Any
 async def measure(log: BenchLog, name: str, services: Services, where: Where) -> dict[str, Any]:
     clock = Clock()
     where.folder.mkdir(parents=True, exist_ok=True)
-    sink = TimedSink(DuckDBSinkSettings(path=where.duckdb_path), clock)
+    settings = DuckDBSinkSettings(path=where.duckdb_path, memory_limit=services.duckdb_memory_limit)
+    sink = TimedSink(settings, clock)
     async with sink:
         run = await catch_up(log, name, sink, where, clock)
     raw_file = where.folder / f"{where.namespace}_raw.duckdb"

@@ -18,11 +18,15 @@ __all__ = ("Services", "Where", "clear")
 
 @dataclass(frozen=True)
 class Services:
-    """The addresses of the stores, from the ``PROJECTIONIST_*`` variables."""
+    """The addresses of the stores, from the ``PROJECTIONIST_*`` variables, and the one store
+    setting a run may change (``--duckdb-memory-limit``)."""
 
     dsn: str
     redis_url: str
     elasticsearch_url: str
+    duckdb_memory_limit: str | None = None
+    """The DuckDB sink's ``memory_limit`` for every DuckDB lane of the run (``None``: its
+    default)."""
 
     @classmethod
     def from_environment(cls) -> Services:

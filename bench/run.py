@@ -26,6 +26,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the log for a later run")
     parser.add_argument("--fresh-log", action="store_true", help="refill even a kept log")
     parser.add_argument("--profile", action="store_true", help="profile each lane (JSON only)")
+    parser.add_argument(
+        "--duckdb-memory-limit", help='the DuckDB sink\'s memory_limit, e.g. "100MB" (its default)'
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.events = args.events or (5_000 if quick else 100_000)
@@ -191,6 +195,7 @@ async def run_part(result: dict[str, Any], part: str, work: Callable[[], Awaitab
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     services = Services.from_environment()
+    services = replace(services, duckdb_memory_limit=args.duckdb_memory_limit)
     tmp = Path(tempfile.mkdtemp(prefix="projectionist-bench-"))
     result: dict[str, Any] = {
         "command": " ".join(["bench/run.py", *sys.argv[1:]]),

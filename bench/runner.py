@@ -42,6 +42,8 @@ def runner_env(log: BenchLog, where: Where, services: Services, lanes: list[str]
     where.folder.mkdir(parents=True, exist_ok=True)
     sinks = {name: s.model_dump(mode="json") for name, s in DEFAULT_SINKS.items()}
     sinks["elasticsearch"]["options"] = {"index_prefix": where.index_prefix}
+    if services.duckdb_memory_limit is not None:
+        sinks["duckdb"]["options"] = {"memory_limit": services.duckdb_memory_limit}
     configured = [
         {**LANES[name].model_dump(mode="json"), "options": lane_options(name, where)}
         for name in lanes
