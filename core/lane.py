@@ -114,7 +114,7 @@ class Lane(ParksRejectedDocuments):
         self._retried: set[UUID] = set()
         self._flushed = anyio.Event()
         self._flush_now = False
-        self._deferred_to_head = False
+        self._sink_deferred = False
         """The last batch was ``catching_up``: :meth:`_finish_deferred` is due when none follows."""
         self._throttle = LogThrottle()
         self.on_progress: Callable[[Lane], None] | None = None
@@ -234,11 +234,11 @@ class Lane(ParksRejectedDocuments):
 
     async def _finish_deferred(self) -> None:
         """Let the sink do what it deferred for the last batch, which was ``catching_up``."""
-        if self._deferred_to_head:
+        if self._sink_deferred:
             await self._retrying(
                 "finishing what the sink deferred", partial(self.sink.finish_deferred, self.target)
             )
-            self._deferred_to_head = False
+            self._sink_deferred = False
 
     def _unflushed(self, pending: Pending) -> bool:
         return pending.position != (self.checkpoint or START)
@@ -449,7 +449,7 @@ class Lane(ParksRejectedDocuments):
             self._retried.difference_update(done)
         self.checkpoint = batch.checkpoint
         self._flush_now = False
-        self._deferred_to_head = catching_up
+        self._sink_deferred = catching_up
         self._record(pending, monotonic() - started)
         return pending.flushed(self.document_cache)
 

@@ -62,6 +62,19 @@ CREATE TABLE IF NOT EXISTS projectionist_live (
 """
 
 
+def _replace_winners(
+    table: str, key: str, columns: tuple[str, ...], source: str
+) -> tuple[str, str]:
+    """``DELETE`` the rows of ``table`` whose ``key`` is a winner, and ``INSERT`` the winners'
+    rows from ``source``: run in this order, in one transaction."""
+    t, k = quote_ident(table), quote_ident(key)
+    cols = ", ".join(quote_ident(c) for c in columns)
+    return (
+        f"DELETE FROM {t} WHERE {k} IN ({WINNER_KEYS})",
+        f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {source} WHERE {k} IN ({WINNER_KEYS})",
+    )
+
+
 def _column(f: Field) -> str:
     return f"{quote_ident(f.name)} {SQL_TYPES[f.type]}"
 
@@ -91,12 +104,7 @@ class ChildLayout:
 
     def replace_sql(self, source: str) -> tuple[str, str]:
         """Delete the winners' child rows, then insert theirs from ``source``."""
-        t, pk = quote_ident(self.table), quote_ident(self.parent_key)
-        cols = ", ".join(quote_ident(c) for c in self.columns)
-        return (
-            f"DELETE FROM {t} WHERE {pk} IN ({WINNER_KEYS})",
-            f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {source} WHERE {pk} IN ({WINNER_KEYS})",
-        )
+        return _replace_winners(self.table, self.parent_key, self.columns, source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,12 +177,7 @@ class TableSet:
     def replace_sql(self, source: str) -> tuple[str, str]:
         """Delete the winners' stored rows, then insert theirs from ``source``: the winners
         (:meth:`winners_sql`) are exactly the keys whose stored version is older or absent."""
-        t = quote_ident(self.table)
-        cols = ", ".join(quote_ident(c) for c in self.columns)
-        return (
-            f"DELETE FROM {t} WHERE key IN ({WINNER_KEYS})",
-            f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {source} WHERE key IN ({WINNER_KEYS})",
-        )
+        return _replace_winners(self.table, "key", self.columns, source)
 
 
 def table_set(target: Target) -> TableSet:
