@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any, TypeVar
 
 import anyio
@@ -81,6 +81,20 @@ def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> I
             con.unregister(name)
         raise
     con.unregister(name)
+
+
+def _holder_of(fd: int, wait: float = 1.0) -> str:
+    """The lock holder's line (``pid N on <host> since <time>``) from the lock file ``fd``.
+
+    A holder writes its line just after it takes the lock; a runner that loses the race reads
+    in between and would name nobody, so an empty file is read again for up to ``wait``
+    seconds."""
+    deadline = monotonic() + wait
+    while True:
+        text = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if text or monotonic() >= deadline:
+            return text or "a process starting up"
+        sleep(0.05)
 
 
 def _checkpoint(con: duckdb.DuckDBPyConnection, lane: str, generation: int) -> Position | None:
@@ -166,9 +180,9 @@ class DuckDBSink(Sink):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            holder = _holder_of(fd)
             os.close(fd)
-            raise FileInUse(self.layout.working, holder or "a process starting up") from None
+            raise FileInUse(self.layout.working, holder) from None
         except OSError as exc:
             os.close(fd)
             raise StoreUnavailable(f"locking {self.layout.lock}: {exc}") from None

@@ -174,10 +174,14 @@ def test_a_second_runner_never_makes_a_second_writer(
     refused = [r for r in pair if r.process.poll() is not None]
     assert len(refused) == 1, [r.stop()[-2000:] for r in pair]
     first = next(r for r in pair if r not in refused)
-    refusal = refused[0].stop().strip().splitlines()
-    assert refused[0].process.returncode == 2, refusal
-    assert len(refusal) == 1 and "another runner holds this file" in refusal[0], refusal
-    assert f"pid {first.process.pid} " in refusal[0], (first.process.pid, refusal)
+    try:
+        refusal = refused[0].stop().strip().splitlines()
+        assert refused[0].process.returncode == 2, refusal
+        assert len(refusal) == 1 and "another runner holds this file" in refusal[0], refusal
+        assert f"pid {first.process.pid} " in refusal[0], (first.process.pid, refusal)
+    except BaseException:
+        first.stop()  # a runner left behind would fail the next test instead of this one
+        raise
 
     # A second runner of every lane it can share, started while writers append.
     second = start("second", shared, services, tmp_path)

@@ -3,9 +3,11 @@ holding the file is a transient error the lane rides out; the lock dies with its
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,3 +117,22 @@ async def test_foreign_process_on_the_working_file_is_transient_and_ridden_out(
     finally:
         holder.kill()
         holder.communicate()
+
+
+async def test_a_runner_losing_the_race_names_a_holder_still_writing_its_line(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    """The holder writes its line just after it takes the lock: one that loses the race
+    between the two still names it (it said "a process starting up" once in CI, where
+    test_second_runner starts two runners at the same moment)."""
+    fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    late = threading.Timer(0.3, os.pwrite, (fd, b"pid 4242 on host-a since now\n", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the lock taken, its line not written
+        late.start()
+        with pytest.raises(FileInUse, match="pid 4242 on host-a"):
+            await make_sink().open()
+    finally:
+        late.cancel()
+        late.join()
+        os.close(fd)
