@@ -34,7 +34,8 @@ class DuckDBSinkSettings(BaseModel):
     catch_up_publish_seconds: float = Field(default=30.0, ge=0.0, le=86_400.0)
     """While a lane catches up (its batch says more of the log is waiting), publish at most
     this often; 0 publishes after every write. A write at the head is always published, and
-    so is the last write before :meth:`~sinks.duckdb.DuckDBSink.close`. A publish copies the
+    so is what was deferred when the lane reaches the head or halts
+    (:meth:`~sinks.duckdb.DuckDBSink.finish_deferred`) or the sink closes. A publish copies the
     whole file (no reflink on ext4), so publishing every catch-up batch made a rebuild's cost
     grow with the square of the history (bench/README.md)."""
     keep_snapshots: int = Field(default=3, ge=2, le=100)
@@ -75,7 +76,7 @@ class DuckDBSinkSettings(BaseModel):
                 'give at least "16MB": below that DuckDB fails ordinary statements with "Out of '
                 'Memory" (4MB could not build a table of 200,000 short rows)',
             )
-        return value
+        return value.strip()  # the sink quotes it into ``SET memory_limit`` as it is
 
     @field_validator("path")
     @classmethod
