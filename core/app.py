@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+from collections.abc import Collection
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
@@ -21,13 +22,37 @@ from core.runner import Runner
 from core.settings import LaneSettings, Settings, import_object
 from core.sink import Sink
 
-__all__ = ("App", "lane_name_of")
+__all__ = ("App", "configured_lanes", "lane_name_of")
 
 
 def lane_name_of(lane: LaneSettings) -> str:
     """``<projection name>@<sink name>`` for a configured lane (imports the projection)."""
     projection = import_object(lane.projection, "lanes.projection")
     return f"{projection.name}@{lane.sink}"
+
+
+def configured_lanes(settings: Settings) -> dict[str, LaneSettings]:
+    """Every enabled lane by its name (``<projection name>@<sink name>``), in configuration
+    order; imports the projections and checks each lane's sink and projection, touching no
+    service. Raises :class:`ConfigurationError` naming the field at fault."""
+    names: dict[str, LaneSettings] = {}
+    for lane in settings.lanes:
+        if not lane.enabled:
+            continue
+        if lane.sink not in settings.sinks:
+            known = ", ".join(sorted(settings.sinks))
+            raise ConfigurationError("lanes.sink", lane.sink, f"configured sinks: {known}")
+        validate_name("lanes.sink", lane.sink)
+        cls = import_object(lane.projection, "lanes.projection")
+        if not (isinstance(cls, type) and issubclass(cls, Projection)):
+            raise ConfigurationError(
+                "lanes.projection", lane.projection, "name a Projection subclass"
+            )
+        name = f"{cls.name}@{lane.sink}"
+        if name in names:
+            raise ConfigurationError("lanes", name, "each lane may be configured once")
+        names[name] = lane
+    return names
 
 
 def tune_collector(settings: Settings) -> None:
@@ -48,10 +73,19 @@ def tune_collector(settings: Settings) -> None:
 
 
 class App:
-    """An async context manager holding every open resource; closes them all on exit."""
+    """An async context manager holding every open resource; closes them all on exit.
 
-    def __init__(self, settings: Settings) -> None:
+    ``only`` names the lanes to build (``<projection name>@<sink name>``); ``None`` builds
+    every enabled lane. Only the sinks those lanes write are opened, so a process that runs
+    some lanes never touches another process's store (a DuckDB file admits one writer) and
+    never imports a client it does not need. An empty ``only`` opens the event store and
+    nothing else. An unknown name is a :class:`ConfigurationError` raised before any service
+    is touched.
+    """
+
+    def __init__(self, settings: Settings, only: Collection[str] | None = None) -> None:
         self.settings = settings
+        self.only = None if only is None else tuple(only)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stack = AsyncExitStack()
         self.store: PostgresEventStore
@@ -78,33 +112,26 @@ class App:
     ) -> None:
         await self._stack.aclose()
 
-    def validate(self) -> None:
-        """Check every import path and lane name before touching any service."""
+    def validate(self) -> list[LaneSettings]:
+        """Check every import path and lane name before touching any service; return the
+        lanes to build."""
         s = self.settings
-        names: set[str] = set()
-        for lane in s.lanes:
-            if not lane.enabled:
-                continue
-            if lane.sink not in s.sinks:
-                known = ", ".join(sorted(s.sinks))
-                raise ConfigurationError("lanes.sink", lane.sink, f"configured sinks: {known}")
-            validate_name("lanes.sink", lane.sink)
-            cls = import_object(lane.projection, "lanes.projection")
-            if not (isinstance(cls, type) and issubclass(cls, Projection)):
-                raise ConfigurationError(
-                    "lanes.projection", lane.projection, "name a Projection subclass"
-                )
-            name = f"{cls.name}@{lane.sink}"
-            if name in names:
-                raise ConfigurationError("lanes", name, "each lane may be configured once")
-            names.add(name)
-        for name in {lane.sink for lane in s.lanes if lane.enabled}:
+        names = configured_lanes(s)
+        chosen = list(names.values())
+        if self.only is not None:
+            unknown = [n for n in self.only if n not in names]
+            if unknown:
+                known = ", ".join(names) or "none"
+                raise ConfigurationError("lane", unknown[0], f"configured lanes: {known}")
+            chosen = [lane for name, lane in names.items() if name in self.only]
+        for name in {lane.sink for lane in chosen}:
             import_object(s.sinks[name].factory, f"sinks.{name}.factory")
-        if s.lookups:
+        if s.lookups and chosen:
             import_object(s.lookups, "lookups")
+        return chosen
 
     async def _open(self) -> None:
-        self.validate()
+        chosen = self.validate()
         s = self.settings
         self.store = await PostgresEventStore.connect(
             s.postgres_dsn.get_secret_value(),
@@ -113,15 +140,14 @@ class App:
         )
         self._stack.push_async_callback(self.store.close)
         self.dead_letters = PostgresDeadLetters(self.store.pool, s.event_store_schema)
-        if s.lookups:
+        if s.lookups and chosen:
             factory = import_object(s.lookups, "lookups")
             self.lookups = CachedLookups(
                 await factory(self.store.pool, s), seconds=s.lookup_cache_seconds
             )
-        enabled = [lane for lane in s.lanes if lane.enabled]
-        for name in sorted({lane.sink for lane in enabled}):
+        for name in sorted({lane.sink for lane in chosen}):
             self.sinks[name] = await self._open_sink(name)
-        for lane in enabled:
+        for lane in chosen:
             self.lanes.append(self._lane(lane))
         for built in self.lanes:
             built.sink.check_target(built.target)

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.app import App, tune_collector
+from core.app import App, configured_lanes, tune_collector
 from core.errors import ConfigurationError, ProjectionistError, StoreUnavailable
 from core.logs import configure_logging
 from core.position import START
@@ -46,12 +46,17 @@ def _settings() -> Settings:
 
 def _main(fn: Callable[[Settings], Awaitable[T]]) -> T:
     """Run ``fn`` with settings; translate errors into one line and an exit code."""
+    return _guarded(lambda settings: anyio.run(fn, settings))
+
+
+def _guarded(fn: Callable[[Settings], T]) -> T:
+    """Call ``fn`` with settings; translate errors into one line and an exit code."""
     configure_logging()
     secrets: tuple[str, ...] = ()
     try:
         settings = _settings()
         secrets = settings.secrets()
-        return anyio.run(fn, settings)
+        return fn(settings)
     except ConfigurationError as exc:
         err.print(f"[red]configuration error:[/red] {redact_text(str(exc), secrets)}")
         raise typer.Exit(2) from None
@@ -64,15 +69,6 @@ def _main(fn: Callable[[Settings], Awaitable[T]]) -> T:
     except ProjectionistError as exc:
         err.print(f"[red]error:[/red] {redact_text(str(exc), secrets)}")
         raise typer.Exit(1) from None
-
-
-def _only(app_: App, lanes: list[str]) -> None:
-    if not lanes:
-        return
-    for name in lanes:
-        app_.runner.lane(name)
-    app_.runner.lanes = {n: ln for n, ln in app_.runner.lanes.items() if n in lanes}
-    app_.lanes = [ln for ln in app_.lanes if ln.name in lanes]
 
 
 async def _publisher(app_: App) -> None:
@@ -127,12 +123,35 @@ def run(
         bool, typer.Option("--until-caught-up", help="exit 0 once every lane is at the head")
     ] = False,
     lane: Annotated[list[str], typer.Option("--lane", help="run only these lanes")] = [],  # noqa: B006
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="spread the lanes over N runner processes (default: the `processes` setting, 1)",
+        ),
+    ] = None,
 ) -> None:
     """Run every configured lane (until SIGTERM, or until caught up)."""
 
+    def choose(settings: Settings) -> int:
+        wanted = processes or settings.processes
+        if wanted == 1:
+            return anyio.run(go, settings)
+        from core.supervisor import partition, supervise
+
+        lanes = configured_lanes(settings)
+        for name in lane:
+            if name not in lanes:
+                known = ", ".join(lanes) or "none"
+                raise ConfigurationError("lane", name, f"configured lanes: {known}")
+        chosen = {n: ln for n, ln in lanes.items() if not lane or n in lane}
+        groups = partition(chosen, settings, wanted)
+        return supervise(groups, settings, until_caught_up=until_caught_up, say=_say)
+
     async def go(settings: Settings) -> int:
-        async with App(settings) as app_:
-            _only(app_, lane)
+        async with App(settings, only=lane or None) as app_:
             tune_collector(settings)
             if settings.metrics_port:
                 from core.metrics import serve_metrics
@@ -151,8 +170,11 @@ def run(
                 err.print(f"[red]lane {ln.name} halted[/red]{where}: {ln.stats.last_error}")
             return 1 if halted else 0
 
-    code = _main(go)
-    raise typer.Exit(code)
+    raise typer.Exit(_guarded(choose))
+
+
+def _say(line: str) -> None:
+    log.info("%s", line)
 
 
 def _print_status(report: StatusReport) -> None:
@@ -207,7 +229,7 @@ def rebuild(lane: str) -> None:
     from core.progress import lane_progress
 
     async def go(settings: Settings) -> int:
-        async with App(settings) as app_:
+        async with App(settings, only=[lane]) as app_:
             tune_collector(settings)
             target = app_.runner.lane(lane)
             head = await app_.store.head()
@@ -224,8 +246,10 @@ def flush(lane: str) -> None:
     """Ask the running runner to flush a (batch) lane now."""
 
     async def go(settings: Settings) -> None:
-        async with App(settings) as app_:
-            app_.runner.lane(lane)
+        if lane not in configured_lanes(settings):
+            known = ", ".join(configured_lanes(settings)) or "none"
+            raise ConfigurationError("lane", lane, f"configured lanes: {known}")
+        async with App(settings, only=()) as app_:  # the event store only: sinks stay shut
             await app_.store.pool.execute(
                 "SELECT pg_notify($1, $2)",
                 f"{settings.event_store_schema}_control",
@@ -257,7 +281,7 @@ def dl_list(lane: Annotated[str | None, typer.Option(help="only this lane")] = N
     """Parked events, oldest first."""
 
     async def go(settings: Settings) -> None:
-        async with App(settings) as app_:
+        async with App(settings, only=()) as app_:
             letters = await app_.dead_letters.find(lane)
         table = Table()
         for col in ("lane", "event id", "position", "stream", "version", "type", "error"):
@@ -282,7 +306,7 @@ def dl_show(lane: str, event_id: UUID) -> None:
     """One parked event with its payload and error, as JSON."""
 
     async def go(settings: Settings) -> None:
-        async with App(settings) as app_:
+        async with App(settings, only=()) as app_:
             found = [d for d in await app_.dead_letters.find(lane, "any") if d.event_id == event_id]
         if not found:
             raise ConfigurationError("event_id", str(event_id), f"no dead letter in lane {lane}")
@@ -311,7 +335,7 @@ def dl_show(lane: str, event_id: UUID) -> None:
 
 def _set_status(lane: str, event_ids: list[UUID], status_: str) -> None:
     async def go(settings: Settings) -> None:
-        async with App(settings) as app_:
+        async with App(settings, only=()) as app_:
             changed = await app_.dead_letters.set_status(lane, event_ids, status_)
         console.print(f"{changed} dead letter(s) of {lane} marked {status_}")
 

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     """Where the metrics endpoint listens; ``0.0.0.0`` only inside a container network."""
     poll_interval: float = Field(default=1.0, gt=0, le=60)
+    processes: int = Field(default=1, ge=1, le=64)
+    """Runner processes ``projectionist run`` spreads the lanes over (:mod:`core.supervisor`);
+    ``run --processes N`` overrides it. One process folds on one core."""
 
     @field_validator("event_store_schema", "read_model_schema")
     @classmethod

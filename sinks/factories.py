@@ -4,6 +4,10 @@ Each has the signature ``factory(name, settings, options) -> Sink``: ``settings`
 runner's :class:`core.settings.Settings` (service addresses), ``options`` the sink's own
 settings from the configuration file, validated by the sink's settings model (a bad option
 names the field, the value and the fix).
+
+A factory whose sink admits one writing process per configured sink carries
+``one_process = True`` (DuckDB: one process holds the file's lock); ``projectionist run
+--processes N`` keeps all the lanes of such a sink in one process (:mod:`core.supervisor`).
 """
 
 from __future__ import annotations
@@ -66,3 +70,6 @@ def duckdb(name: str, settings: Settings, options: dict[str, Any]) -> Sink:
     path = _need(settings.duckdb_path, name, "PROJECTIONIST_DUCKDB_PATH")
     values = {"path": path, **options}
     return DuckDBSink(_validated(DuckDBSinkSettings, name, values), name=name)
+
+
+duckdb.one_process = True  # type: ignore[attr-defined]

@@ -83,6 +83,18 @@ def test_wrong_password_is_refused_without_showing_it(postgres_dsn: str, tmp_pat
     assert "Wr0ng-pw" not in line
 
 
+def test_an_unknown_lane_is_refused_before_any_runner_starts(tmp_path: Path) -> None:
+    _config(tmp_path, "nothing")
+    env = {"PROJECTIONIST_POSTGRES_DSN": "postgresql://u:hidden-pw@127.0.0.1:1/db"}
+    for args in (["--processes", "2"], [], ["--processes", "1"]):
+        line = one_line_error(cli("run", "--lane", "nope@postgres", *args, env=env, cwd=tmp_path))
+        assert "lane" in line and "nope@postgres" in line, line
+        assert "configured lanes: order_summary@postgres" in line, line
+        assert "hidden-pw" not in line
+    refused = cli("run", "--processes", "0", env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "--processes" in refused.stderr, refused.stderr
+
+
 def _config(tmp_path: Path, namespace: str) -> Path:
     path = tmp_path / "projectionist.toml"
     path.write_text(
@@ -168,7 +180,7 @@ def test_run_status_dead_letters_flush_and_rebuild(
     assert skipped_status.lanes[0].parked == 0
 
     bad_lane = one_line_error(cli("rebuild", "nope@postgres", env=env, cwd=tmp_path))
-    assert "known lanes: order_summary@postgres" in bad_lane
+    assert "configured lanes: order_summary@postgres" in bad_lane
     assert cli("flush", "order_summary@postgres", env=env, cwd=tmp_path).returncode == 0
 
     rebuilt = cli("rebuild", "order_summary@postgres", env=env, cwd=tmp_path)

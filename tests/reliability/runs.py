@@ -4,12 +4,28 @@ services' addresses and a configuration with a lane in each of the four stores."
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
+
 from core.settings import Settings, load_settings
 
-__all__ = ("LANES", "Services", "write_config")
+__all__ = ("ALL_STORES", "BIN", "LANES", "ROOT", "Services", "projectionist", "write_config")
+
+ALL_STORES = (
+    pytest.mark.reliability,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.elasticsearch,
+    pytest.mark.duckdb,
+)
+"""The marks of a reliability test that needs all four stores."""
+BIN = Path(sys.executable).with_name("projectionist")
+ROOT = Path(__file__).resolve().parents[2]
+"""Put on the runners' ``PYTHONPATH``, so projections in ``tests`` (the canary) import."""
 
 LANES: tuple[tuple[str, str], ...] = (
     ("projections.orders:OrderSummary", "postgres"),
@@ -89,3 +105,18 @@ class Services(NamedTuple):
                 del os.environ["PROJECTIONIST_CONFIG"]
             else:
                 os.environ["PROJECTIONIST_CONFIG"] = saved
+
+
+def projectionist(
+    env: dict[str, str], *args: str, timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``projectionist ARGS`` to its end, its output captured (never raises on its exit code)."""
+    return subprocess.run(
+        [str(BIN), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 import zlib
@@ -26,6 +25,7 @@ from core.position import START
 from core.settings import Settings, SinkSettings, load_settings
 from core.sink import Sink
 from tests.reliability.canary import canary_divergence, events_missing
+from tests.reliability.runs import projectionist
 from tests.support.orders import expected_orders, make_catalog, order_history
 
 pytestmark = [
@@ -219,15 +219,7 @@ def test_kill_minus_nine_loses_and_doubles_nothing(
     begun = time.monotonic()
     anyio.run(scenario)
     chaos_seconds = time.monotonic() - begun
-    final = subprocess.run(
-        [str(BIN), "run", "--until-caught-up"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    final = projectionist(env, "run", "--until-caught-up", timeout=600, cwd=tmp_path)
     assert final.returncode == 0, final.stderr[-2000:]
     targeted = Counter(marks.read_text().split()) if marks.exists() else Counter()
 
