@@ -122,6 +122,28 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 rss < PEAK_RSS_MB,
             )
         )
+        spread = fanout.get("spread")
+        if spread:
+            n = spread["processes"]
+            ratio = fanout["ratio_spread"]
+            out.append(
+                _target(
+                    f"all lanes in {n} processes / {fanout['slowest']} alone",
+                    ratio,
+                    f"<= {FAN_OUT_RATIO}",
+                    ratio <= FAN_OUT_RATIO,
+                )
+            )
+            rss = spread["peak_rss_mb"]
+            out.append(
+                _target(
+                    f"peak RSS, all lanes in {n} processes (sum), "
+                    f"{result['log']['events']:,} events",
+                    rss,
+                    f"< {PEAK_RSS_MB:g} MB",
+                    rss < PEAK_RSS_MB,
+                )
+            )
     for phase in result.get("freshness", {}).get("phases", []):
         if phase["target_rate"] != TARGET_RATE:
             continue
@@ -234,6 +256,26 @@ def _baselines(result: dict[str, Any], console: Console) -> None:
             f"< {PEAK_RSS_MB:g} MB",
             _mark(rss < PEAK_RSS_MB),
         )
+        spread = fan.get("spread")
+        if spread:
+            n = spread["processes"]
+            table.add_row(
+                f"all lanes, run --processes {n} (rebuild)",
+                f"{_n(spread['seconds'], 1)} s",
+                f"{fan['slowest']} alone {_n(alone['seconds'], 1)} s",
+                _n(fan["ratio_spread"], 2),
+                f"<= {FAN_OUT_RATIO}",
+                _mark(fan["ratio_spread"] <= FAN_OUT_RATIO),
+            )
+            peaks = " + ".join(_n(p, 1) for p in spread["runner_peak_rss_mb"])
+            table.add_row(
+                f"peak RSS, run --processes {n} (sum)",
+                f"{_n(spread['peak_rss_mb'], 1)} MB",
+                f"supervisor {_n(spread['supervisor_peak_rss_mb'], 1)} + runners {peaks}",
+                "-",
+                f"< {PEAK_RSS_MB:g} MB",
+                _mark(spread["peak_rss_mb"] < PEAK_RSS_MB),
+            )
     if table.row_count:
         console.print(table)
 

@@ -74,6 +74,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-seconds", type=float, default=120.0, help="its time cap")
     parser.add_argument("--eventlog-events", type=int, help="events per append run (<=100,000)")
     parser.add_argument("--slowest", choices=tuple(LANES), help="fan-out: the lane to run alone")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="fan-out: also all lanes in `run --processes N` (default 2; 1 skips it)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke sizes (5,000 events, 5 s)")
     parser.add_argument("--keep", action="store_true", help="keep the log for a later run")
     parser.add_argument("--fresh-log", action="store_true", help="refill even a kept log")
@@ -136,14 +142,22 @@ async def catchup(args: argparse.Namespace, log: BenchLog, services: Services, t
 async def fanout(
     args: argparse.Namespace, log: BenchLog, services: Services, tmp: Path, result: dict[str, Any]
 ) -> dict[str, Any]:
-    """All lanes in one runner against the slowest lane alone (``--slowest``, else the slowest
-    of the catch-up part, else the slowest of each run alone), both as ``projectionist run
-    --until-caught-up`` processes."""
+    """All lanes in one runner, and in ``run --processes N`` (``--processes``), against the
+    slowest lane alone (``--slowest``, else the slowest of the catch-up part, else the slowest
+    of each run alone), each as ``projectionist run --until-caught-up``."""
     everything = Where("bench_all", tmp / "all")
     await clear(everything, services)
     print(f"== fan-out: {len(args.lane_names)} lanes in one runner", flush=True)
     env = runner.runner_env(log, everything, services, args.lane_names)
     together = await runner.rebuild(log, env, everything.log_file("rebuild"))
+    spread: dict[str, Any] | None = None
+    if args.processes > 1:
+        where = Where("bench_spread", tmp / "spread")
+        await clear(where, services)
+        print(f"== fan-out: {len(args.lane_names)} lanes in {args.processes} processes", flush=True)
+        env = runner.runner_env(log, where, services, args.lane_names)
+        spread = await runner.rebuild(log, env, where.log_file("rebuild"), args.processes)
+        await clear(where, services)
     alone: dict[str, Any] = {}
     rates = {n: f["events_per_s"] for n, f in result.get("catchup", {}).items()}
     candidates = args.lane_names
@@ -159,7 +173,7 @@ async def fanout(
         alone[name] = await runner.rebuild(log, env, where.log_file("rebuild"))
         await clear(where, services)
     slowest = max(alone, key=lambda n: alone[n]["seconds"])
-    return {
+    out = {
         "lanes": args.lane_names,
         "all": together,
         "slowest": slowest,
@@ -172,6 +186,10 @@ async def fanout(
         "ratio": round(together["seconds"] / alone[slowest]["seconds"], 3),
         "ratio_after_startup": _after_startup(together, alone[slowest]),
     }
+    if spread is not None:
+        out["spread"] = spread
+        out["ratio_spread"] = round(spread["seconds"] / alone[slowest]["seconds"], 3)
+    return out
 
 
 def _after_startup(together: dict[str, Any], alone: dict[str, Any]) -> float | None:

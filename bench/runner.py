@@ -7,12 +7,17 @@ small launcher process (:data:`LAUNCHER`), sampled along the way from ``VmHWM`` 
 ``/proc/<pid>/status`` together with the events each lane has flushed (the ``lane_status``
 rows the runner publishes every 2 s), so a long rebuild shows whether memory grows with the
 history's length.
+
+With ``run --processes N`` the launcher's child is the supervisor: the peak is then the sum of
+the supervisor's own high-water mark and each runner process's ``ru_maxrss`` (which the
+supervisor logs as each exits), an upper bound of what the group held at any one moment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,11 +82,23 @@ def _proc_status(pid: int) -> dict[str, float]:
     return out
 
 
-async def _lane_events(log: BenchLog, owner: str) -> dict[str, int]:
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+async def _lane_events(log: BenchLog, owners: list[str]) -> dict[str, int]:
     rows = await log.store.pool.fetch(
-        f"SELECT lane, events FROM {log.schema}.lane_status WHERE owner = $1", owner
+        f"SELECT lane, events FROM {log.schema}.lane_status WHERE owner = ANY($1::text[])",
+        owners,
     )
     return {r["lane"]: int(r["events"]) for r in rows}
+
+
+RUNNER_PEAK = re.compile(r"runner \d+ \(pid \d+; lanes [^)]*\) exited \(0\); peak RSS ([\d.]+) MB")
+"""The line :mod:`core.supervisor` logs as each runner process exits."""
 
 
 LAUNCHER = """
@@ -153,13 +170,19 @@ async def stop(proc: Process, timeout: float = 30.0) -> int:
     return await anyio.to_thread.run_sync(launcher.wait)
 
 
-async def rebuild(log: BenchLog, env: dict[str, str], stderr: Path) -> dict[str, Any]:
-    """``projectionist run --until-caught-up`` from empty targets: seconds, peak RSS, and the
-    memory/progress samples. Raises if the runner fails."""
+async def rebuild(
+    log: BenchLog, env: dict[str, str], stderr: Path, processes: int = 1
+) -> dict[str, Any]:
+    """``projectionist run --until-caught-up [--processes N]`` from empty targets: seconds,
+    peak RSS, and the memory/progress samples. Raises if the runner fails."""
     started = time.perf_counter()
-    proc = await start(env, ["run", "--until-caught-up"], stderr)
-    owner = f"{socket.gethostname()}:{proc.pid}"
+    args = ["run", "--until-caught-up"]
+    if processes > 1:
+        args += ["--processes", str(processes)]
+    proc = await start(env, args, stderr)
+    host = socket.gethostname()
     samples: list[dict[str, Any]] = []
+    own_peak = 0.0
     seconds = 0.0
     try:
         async with anyio.create_task_group() as group:
@@ -173,7 +196,12 @@ async def rebuild(log: BenchLog, env: dict[str, str], stderr: Path) -> dict[str,
             group.start_soon(reap)
             while True:
                 memory = _proc_status(proc.pid)
-                events = await _lane_events(log, owner)
+                own_peak = max(own_peak, memory.get("VmHWM", 0.0))
+                pids = [proc.pid, *_children(proc.pid)]
+                if len(pids) > 1:  # a supervisor: the group's resident memory
+                    each = [_proc_status(p) for p in pids]
+                    memory = {k: sum(m.get(k, 0.0) for m in each) for k in ("VmRSS", "VmHWM")}
+                events = await _lane_events(log, [f"{host}:{p}" for p in pids])
                 if memory:
                     samples.append(
                         {"t": round(time.perf_counter() - started, 2), **memory, "events": events}
@@ -184,7 +212,18 @@ async def rebuild(log: BenchLog, env: dict[str, str], stderr: Path) -> dict[str,
             await stop(proc, timeout=5)
     if proc.launcher.returncode != 0:
         raise RuntimeError(f"the runner exited with {proc.launcher.returncode}: {_tail(stderr)}")
-    return _summary(seconds, proc.peak_rss_mb(), samples, log.events)
+    if processes == 1:
+        return _summary(seconds, proc.peak_rss_mb(), samples, log.events)
+    peaks = _runner_peaks(stderr)
+    out = _summary(seconds, own_peak + sum(peaks), samples, log.events)
+    out["processes"] = processes
+    out["runner_peak_rss_mb"] = peaks
+    out["supervisor_peak_rss_mb"] = round(own_peak, 1)
+    return out
+
+
+def _runner_peaks(stderr: Path) -> list[float]:
+    return [float(p) for p in RUNNER_PEAK.findall(stderr.read_text(errors="replace"))]
 
 
 def _tail(path: Path) -> str:

@@ -81,11 +81,17 @@ class App:
     never imports a client it does not need. An empty ``only`` opens the event store and
     nothing else. An unknown name is a :class:`ConfigurationError` raised before any service
     is touched.
+
+    ``observe`` opens the sinks with :meth:`~core.sink.Sink.open_observer`, for reading
+    checkpoints beside a running runner (``status``): its lanes must not be run.
     """
 
-    def __init__(self, settings: Settings, only: Collection[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, only: Collection[str] | None = None, *, observe: bool = False
+    ) -> None:
         self.settings = settings
         self.only = None if only is None else tuple(only)
+        self.observe = observe
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stack = AsyncExitStack()
         self.store: PostgresEventStore
@@ -157,7 +163,11 @@ class App:
         config = self.settings.sinks[name]
         factory = import_object(config.factory, f"sinks.{name}.factory")
         sink: Sink = factory(name, self.settings, dict(config.options))
-        await self._stack.enter_async_context(sink)
+        if self.observe:
+            await sink.open_observer()
+            self._stack.push_async_callback(sink.close)
+        else:
+            await self._stack.enter_async_context(sink)
         return sink
 
     def _lane(self, config: LaneSettings) -> Lane:

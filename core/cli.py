@@ -213,7 +213,7 @@ def status(
     """Per-lane state, checkpoint, lag and errors, read from the sinks and the log."""
 
     async def go(settings: Settings) -> StatusReport:
-        async with App(settings) as app_:
+        async with App(settings, observe=True) as app_:  # beside a running runner
             return await collect_status(app_)
 
     report = _main(go)

@@ -101,6 +101,13 @@ class Sink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    async def open_observer(self) -> None:
+        """Connect in place of :meth:`open` to read checkpoints only (``projectionist status``
+        from another process): take nothing a running writer holds. Only ``read_checkpoint``,
+        ``describe`` and ``close`` follow. The default is :meth:`open`, for stores that admit
+        any number of clients."""
+        await self.open()
+
     def check_target(self, target: Target) -> None:  # noqa: B027 - optional hook
         """Raise :class:`~core.errors.ConfigurationError` for lane options this sink cannot use
         (a bad key prefix, a bad TTL...), without any I/O. The runner calls it for every lane

@@ -47,6 +47,7 @@ from sinks.duckdb.encode import Encoded, chunks, dedupe
 from sinks.duckdb.errors import FileInUse, translate_duckdb_error
 from sinks.duckdb.layout import Layout
 from sinks.duckdb.migrate import ensure_tables, set_live, user_views
+from sinks.duckdb.reader import NoSnapshot, open_current
 from sinks.duckdb.schema import SYSTEM_DDL, TableSet, table_set
 from sinks.duckdb.snapshots import clean_leftovers, publish
 
@@ -140,6 +141,7 @@ class DuckDBSink(Sink):
         self._published_at = float("-inf")
         self.over_memory_limit = 0
         """Flushes written without ``memory_limit`` because they did not fit it."""
+        self._observer = False
 
     # -- the worker-thread slot ----------------------------------------------------------
 
@@ -194,6 +196,11 @@ class DuckDBSink(Sink):
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is not None:
             return self._con
+        if self._observer:
+            raise ProjectionistError(
+                f"sink {self.name} was opened to observe (open_observer): it reads checkpoints "
+                "from the published snapshot and never opens the working file"
+            )
         self._lock()
         config: dict[str, Any] = {}
         if self.settings.threads is not None:
@@ -233,6 +240,32 @@ class DuckDBSink(Sink):
 
     async def close(self) -> None:
         await self._run(self._close)
+
+    async def open_observer(self) -> None:
+        """Read checkpoints from the published snapshot, the state dashboards see, and take
+        neither the working file nor its lock, which a runner may hold. Without snapshots
+        (``publish_snapshots = false``) this is :meth:`open`, which fails while a runner holds
+        the file."""
+        if self.settings.publish_snapshots:
+            self._observer = True
+        else:
+            await self.open()
+
+    def _published_checkpoint(self, target: Target) -> Position | None:
+        try:
+            con = open_current(self.layout.working, timeout=1.0)
+        except NoSnapshot:
+            return None  # no runner has started on this file yet
+        except (duckdb.Error, OSError) as exc:
+            raise StoreUnavailable(
+                f"sink {self.name}: cannot open the published snapshot of "
+                f"{self.layout.working}: {exc}"
+            ) from None
+        try:
+            with self._mapped(f"reading the checkpoint of lane {target.lane!r} from a snapshot"):
+                return _checkpoint(con, target.lane, target.generation)
+        finally:
+            con.close()
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -314,6 +347,12 @@ class DuckDBSink(Sink):
         await self._run(run)
 
     async def read_checkpoint(self, target: Target) -> Position | None:
+        """The lane's checkpoint in the working file; opened with :meth:`open_observer`, in
+        the newest published snapshot (at most ``catch_up_publish_seconds`` behind while the
+        lane catches up, else one flush)."""
+        if self._observer:
+            return await anyio.to_thread.run_sync(self._published_checkpoint, target)
+
         def run() -> Position | None:
             con = self._connection()
             with self._mapped(f"reading the checkpoint of lane {target.lane!r}"):

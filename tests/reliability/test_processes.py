@@ -226,6 +226,8 @@ def test_no_runner_outlives_its_supervisor_and_sink_free_commands_work_beside_it
         # A command that needs no sink works while a runner holds the DuckDB file.
         flushed = projectionist(env, "flush", "order_analytics@duckdb", timeout=60)
         assert flushed.returncode == 0, flushed.stderr
+        status = projectionist(env, "status", "--json", timeout=60)
+        assert status.returncode == 0, status.stderr
         group.send_signal(signal.SIGTERM)
         assert group.wait(timeout=120) == 0
         assert wait_gone(pids, timeout=5) == []

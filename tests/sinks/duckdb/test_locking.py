@@ -14,13 +14,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from core.errors import StoreUnavailable
+from core.errors import ProjectionistError, StoreUnavailable
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
 from core.lookups import StaticLookups
+from core.sink import Target
 from core.strategy import Strategy
 from projections.orders import OrderAnalytics
-from sinks.duckdb import FileInUse
+from sinks.duckdb import DuckDBSink, FileInUse
 from tests.sinks.duckdb.conftest import SinkFactory
 from tests.sinks.duckdb.support import append_history
 from tests.support.orders import Catalog, order_history
@@ -58,6 +59,18 @@ def python(code: str, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def analytics_lane(
+    sink: DuckDBSink, store: InMemoryEventStore, catalog: Catalog, strategy: Strategy
+) -> Lane:
+    return Lane(
+        OrderAnalytics(),
+        sink,
+        store,
+        lookups=StaticLookups(catalog.lookups()),
+        strategy=strategy,
     )
 
 
@@ -101,13 +114,7 @@ async def test_foreign_process_on_the_working_file_is_transient_and_ridden_out(
             await sink.open()
         store = InMemoryEventStore()
         await append_history(store, order_history(30, catalog))
-        lane = Lane(
-            OrderAnalytics(),
-            sink,
-            store,
-            lookups=StaticLookups(catalog.lookups()),
-            strategy=Strategy.batch(3600),
-        )
+        lane = analytics_lane(sink, store, catalog, Strategy.batch(3600))
         started = time.monotonic()
         with anyio.fail_after(30):
             await lane.run(until_caught_up=True)
@@ -136,3 +143,30 @@ async def test_a_runner_losing_the_race_names_a_holder_still_writing_its_line(
         late.cancel()
         late.join()
         os.close(fd)
+
+
+async def test_an_observer_reads_the_published_checkpoint_beside_the_runner(
+    make_sink: SinkFactory, catalog: Catalog
+) -> None:
+    """``projectionist status`` opens sinks with ``open_observer``: for DuckDB that reads the
+    checkpoint from the published snapshot, beside the runner that holds the working file."""
+    observer = make_sink()
+    await observer.open_observer()
+    target = Target("order_analytics@duckdb", "order_analytics", schema=OrderAnalytics.schema)
+    assert await observer.read_checkpoint(target) is None  # nothing published yet
+
+    writer = make_sink()
+    store = InMemoryEventStore()
+    await append_history(store, order_history(30, catalog))
+    lane = analytics_lane(writer, store, catalog, Strategy.immediate(max_batch=50))
+    with anyio.fail_after(30):
+        await lane.run(until_caught_up=True)
+    head = await store.head()
+    assert lane.checkpoint == head
+    # The writer still holds the file; the observer neither waits for it nor takes it.
+    assert await observer.read_checkpoint(lane.target) == head
+    with pytest.raises(ProjectionistError, match="opened to observe"):
+        await observer.load(lane.target, ["order-1"])
+    await observer.close()
+    with pytest.raises(FileInUse):
+        await make_sink().open()  # the writer's lock is untouched by the observer's close
