@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 
 from bench.history import BenchLog, orders_for
 from bench.places import Services, Where
-from bench.runner import start, stop
+from bench.runner import children, start, stop
 from core.events import NewEvent
 from core.eventstore.postgres import PostgresEventStore
 from projections.orders.history import make_catalog, order_history
@@ -152,12 +152,16 @@ class Readers:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (0 once it has gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / 100
+    """User + system CPU seconds so far of ``pid`` and of its children (the runners of a
+    ``run --processes N`` supervisor); 0 for a process that has gone."""
+    total = 0.0
+    for one in (pid, *children(pid)):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / 100
+    return total
 
 
 async def _write(store: PostgresEventStore, watches: list[Watch], rate: float, seconds: float,
@@ -276,14 +280,18 @@ async def measure(
     rates: list[float],
     seconds: float,
     lanes: list[str],
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """Start a runner of ``lanes``, wait until it is at the head, then one load phase per
-    rate, watching the lanes of :data:`WATCHED` among them."""
+    """Start a runner of ``lanes`` (``run --processes N`` when ``processes`` > 1), wait until
+    it is at the head, then one load phase per rate, watching the lanes of :data:`WATCHED`
+    among them."""
     store = await PostgresEventStore.connect(log.dsn, schema=log.schema, pool_size=20)
     readers = Readers()
     await readers.open(services, where)
     stderr = where.log_file("freshness")
-    proc = await start(env, ["run"], stderr)
+    proc = await start(
+        env, ["run", *(["--processes", str(processes)] if processes > 1 else [])], stderr
+    )
     phases: list[dict[str, Any]] = []
 
     async def alive() -> None:
@@ -306,6 +314,7 @@ async def measure(
         await store.close()
     return {
         "poll_interval_ms": POLL * 1000,
+        "processes": processes,
         "runner_exit": code,
         "not_measured": {"order_analytics": "batch lane: flushes hourly by design"},
         "phases": phases,

@@ -284,9 +284,10 @@ def _freshness(result: dict[str, Any], console: Console) -> None:
     fresh = result.get("freshness")
     if not fresh:
         return
-    table = Table(
-        title=f"Freshness: append commit -> visible (poll {fresh['poll_interval_ms']:g} ms)"
-    )
+    processes = fresh.get("processes", 1)
+    runner = f"run --processes {processes}" if processes > 1 else "one runner"
+    poll = fresh["poll_interval_ms"]
+    table = Table(title=f"Freshness: append commit -> visible ({runner}, poll {poll:g} ms)")
     for col in ("load", "lane", "p50 ms", "p95 ms", "p99 ms", "max ms", "missing", "target", ""):
         table.add_column(col)
     for phase in fresh["phases"]:

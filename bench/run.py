@@ -80,6 +80,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="fan-out: also all lanes in `run --processes N` (default 2; 1 skips it)",
     )
+    parser.add_argument(
+        "--freshness-processes",
+        type=int,
+        default=1,
+        help="freshness: the runner as `run --processes N` (default 1: one process)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke sizes (5,000 events, 5 s)")
     parser.add_argument("--keep", action="store_true", help="keep the log for a later run")
     parser.add_argument("--fresh-log", action="store_true", help="refill even a kept log")
@@ -277,6 +283,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     args.rate_list,
                     args.freshness_seconds,
                     args.lane_names,
+                    args.freshness_processes,
                 ),
             )
     finally:

@@ -35,7 +35,7 @@ from bench.lanes import LANES, lane_options
 from bench.places import Services, Where
 from core.settings import DEFAULT_SINKS
 
-__all__ = ("BIN", "Process", "rebuild", "runner_env", "start", "stop")
+__all__ = ("BIN", "Process", "children", "rebuild", "runner_env", "start", "stop")
 
 BIN = Path(sys.executable).with_name("projectionist")
 SAMPLE_EVERY = 0.5
@@ -82,7 +82,8 @@ def _proc_status(pid: int) -> dict[str, float]:
     return out
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (a supervisor's runner processes)."""
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
@@ -197,7 +198,7 @@ async def rebuild(
             while True:
                 memory = _proc_status(proc.pid)
                 own_peak = max(own_peak, memory.get("VmHWM", 0.0))
-                pids = [proc.pid, *_children(proc.pid)]
+                pids = [proc.pid, *children(proc.pid)]
                 if len(pids) > 1:  # a supervisor: the group's resident memory
                     each = [_proc_status(p) for p in pids]
                     memory = {k: sum(m.get(k, 0.0) for m in each) for k in ("VmRSS", "VmHWM")}
