@@ -22,7 +22,7 @@ from core.runner import Runner
 from core.settings import LaneSettings, Settings, import_object
 from core.sink import Sink
 
-__all__ = ("App", "configured_lanes", "lane_name_of")
+__all__ = ("App", "configured_lanes", "lane_name_of", "select_lanes")
 
 
 def lane_name_of(lane: LaneSettings) -> str:
@@ -53,6 +53,20 @@ def configured_lanes(settings: Settings) -> dict[str, LaneSettings]:
             raise ConfigurationError("lanes", name, "each lane may be configured once")
         names[name] = lane
     return names
+
+
+def select_lanes(settings: Settings, only: Collection[str] | None) -> dict[str, LaneSettings]:
+    """The configured lanes named in ``only`` (every enabled lane for ``None``), by name, in
+    configuration order; an unknown name is a :class:`ConfigurationError` listing the
+    configured ones. Touches no service."""
+    names = configured_lanes(settings)
+    if only is None:
+        return names
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        known = ", ".join(names) or "none"
+        raise ConfigurationError("lane", unknown[0], f"configured lanes: {known}")
+    return {name: lane for name, lane in names.items() if name in only}
 
 
 def tune_collector(settings: Settings) -> None:
@@ -122,14 +136,7 @@ class App:
         """Check every import path and lane name before touching any service; return the
         lanes to build."""
         s = self.settings
-        names = configured_lanes(s)
-        chosen = list(names.values())
-        if self.only is not None:
-            unknown = [n for n in self.only if n not in names]
-            if unknown:
-                known = ", ".join(names) or "none"
-                raise ConfigurationError("lane", unknown[0], f"configured lanes: {known}")
-            chosen = [lane for name, lane in names.items() if name in self.only]
+        chosen = list(select_lanes(s, self.only).values())
         for name in {lane.sink for lane in chosen}:
             import_object(s.sinks[name].factory, f"sinks.{name}.factory")
         if s.lookups and chosen:

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.app import App, configured_lanes, tune_collector
+from core.app import App, select_lanes, tune_collector
 from core.errors import ConfigurationError, ProjectionistError, StoreUnavailable
 from core.logs import configure_logging
 from core.position import START
@@ -141,13 +141,7 @@ def run(
             return anyio.run(go, settings)
         from core.supervisor import partition, supervise
 
-        lanes = configured_lanes(settings)
-        for name in lane:
-            if name not in lanes:
-                known = ", ".join(lanes) or "none"
-                raise ConfigurationError("lane", name, f"configured lanes: {known}")
-        chosen = {n: ln for n, ln in lanes.items() if not lane or n in lane}
-        groups = partition(chosen, settings, wanted)
+        groups = partition(select_lanes(settings, lane or None), settings, wanted)
         return supervise(groups, settings, until_caught_up=until_caught_up, say=_say)
 
     async def go(settings: Settings) -> int:
@@ -204,6 +198,14 @@ def _print_status(report: StatusReport) -> None:
             (s.last_error or "")[:60],
         )
     console.print(table)
+    if report.sinks:
+        sinks = Table(title="sinks")
+        for col in ("sink", "kind", "facts"):
+            sinks.add_column(col)
+        for sink in report.sinks:
+            facts = ", ".join(f"{k}={v}" for k, v in sink.facts.items() if v is not None)
+            sinks.add_row(sink.name, sink.kind, facts)
+        console.print(sinks)
 
 
 @app.command()
@@ -246,9 +248,7 @@ def flush(lane: str) -> None:
     """Ask the running runner to flush a (batch) lane now."""
 
     async def go(settings: Settings) -> None:
-        if lane not in configured_lanes(settings):
-            known = ", ".join(configured_lanes(settings)) or "none"
-            raise ConfigurationError("lane", lane, f"configured lanes: {known}")
+        select_lanes(settings, [lane])  # a known lane, or a configuration error
         async with App(settings, only=()) as app_:  # the event store only: sinks stay shut
             await app_.store.pool.execute(
                 "SELECT pg_notify($1, $2)",

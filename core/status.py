@@ -20,7 +20,7 @@ from core.strategy import LaneState
 if TYPE_CHECKING:
     from core.app import App
 
-__all__ = ("LaneStatus", "StatusReport", "collect_status", "publish_status")
+__all__ = ("LaneStatus", "SinkStatus", "StatusReport", "collect_status", "publish_status")
 
 STALE_AFTER = 15.0
 """Seconds after which a runner's published lane state counts as gone ("stopped")."""
@@ -44,6 +44,18 @@ class LaneStatus(BaseModel):
     owner: str | None
 
 
+class SinkStatus(BaseModel):
+    """One configured sink as ``status`` sees it: :meth:`core.sink.Sink.describe`'s facts
+    (its address without credentials, the server's version, an error if it did not answer;
+    for DuckDB the published snapshot and its age), secrets removed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: str
+    facts: dict[str, Any]
+
+
 class StatusReport(BaseModel):
     """The ``status --json`` document (its JSON schema is in docs/operations.md)."""
 
@@ -53,6 +65,8 @@ class StatusReport(BaseModel):
     head: str | None
     fence_age_seconds: float
     lanes: list[LaneStatus]
+    sinks: list[SinkStatus] = []
+    """Empty in a running runner's own report (collected every 2 s for its metrics)."""
 
 
 def _table(store: PostgresEventStore) -> str:
@@ -156,4 +170,24 @@ async def collect_status(
         head=str(head) if head else None,
         fence_age_seconds=round(await store.fence_age(), 3),
         lanes=lanes,
+        sinks=[] if running else await _describe(app),
     )
+
+
+async def _describe(app: App) -> list[SinkStatus]:
+    """Every open sink's facts; a sink that fails to describe itself says so in its facts
+    (``describe`` reports, it never fails a status page)."""
+    secrets = app.settings.secrets()
+    out = []
+    for name, sink in app.sinks.items():
+        try:
+            facts = await sink.describe()
+        except Exception as exc:  # a sink's bug must not hide every other lane's status
+            facts = {"error": f"describe failed: {type(exc).__name__}: {exc}"}
+        shown = {
+            k: redact_text(v, secrets) if isinstance(v, str) else v
+            for k, v in facts.items()
+            if k not in ("kind", "name")
+        }
+        out.append(SinkStatus(name=name, kind=sink.kind, facts=shown))
+    return out

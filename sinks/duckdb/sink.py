@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from time import monotonic, sleep
+from time import monotonic, sleep, time
 from typing import Any, TypeVar
 
 import anyio
@@ -47,7 +47,7 @@ from sinks.duckdb.encode import Encoded, chunks, dedupe
 from sinks.duckdb.errors import FileInUse, translate_duckdb_error
 from sinks.duckdb.layout import Layout
 from sinks.duckdb.migrate import ensure_tables, set_live, user_views
-from sinks.duckdb.reader import NoSnapshot, open_current
+from sinks.duckdb.reader import NoSnapshot, current_snapshot, open_current
 from sinks.duckdb.schema import SYSTEM_DDL, TableSet, table_set
 from sinks.duckdb.snapshots import clean_leftovers, publish
 
@@ -250,6 +250,24 @@ class DuckDBSink(Sink):
             self._observer = True
         else:
             await self.open()
+
+    def _observed(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "path": str(self.layout.working),
+            "dashboards_open": str(self.layout.current),
+            "duckdb": duckdb.__version__,
+        }
+        try:
+            snapshot = current_snapshot(self.layout.working)
+            age = time() - snapshot.stat().st_mtime
+        except (NoSnapshot, OSError):
+            facts["current_snapshot"] = None
+            return facts
+        facts["current_snapshot"] = str(snapshot)
+        facts["snapshot_age_seconds"] = round(max(0.0, age), 1)
+        return facts
 
     def _published_checkpoint(self, target: Target) -> Position | None:
         try:
@@ -498,6 +516,10 @@ class DuckDBSink(Sink):
             con.execute("COMMIT")
 
     async def describe(self) -> dict[str, Any]:
+        """The files and DuckDB's version; opened with :meth:`open_observer` (``status``),
+        the published snapshot and its age, else this process's publishing counters."""
+        if self._observer:
+            return await anyio.to_thread.run_sync(self._observed)
         p = self.publishing
         return {
             "kind": self.kind,

@@ -148,6 +148,11 @@ def test_run_status_dead_letters_flush_and_rebuild(
     assert lane.lag_events == 0
     assert lane.parked == 1
     assert "projectionist:" not in status.stdout.replace("projectionist:projectionist", "")
+    (sink,) = report.sinks  # the sink's own facts (Sink.describe), without credentials
+    assert (sink.name, sink.kind) == ("postgres", "postgres")
+    assert sink.facts["server_version"] and "error" not in sink.facts
+    text = cli("status", env=env, cwd=tmp_path)
+    assert text.returncode == 0 and "server_version=" in text.stdout, text.stdout
 
     listed = cli("dead-letters", "list", env=env, cwd=tmp_path)
     assert listed.returncode == 0

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from core.settings import Settings
+from core.status import StatusReport
 from tests.reliability.canary import canary_divergence
 from tests.reliability.runs import (
     ALL_STORES,
@@ -228,6 +229,15 @@ def test_no_runner_outlives_its_supervisor_and_sink_free_commands_work_beside_it
         assert flushed.returncode == 0, flushed.stderr
         status = projectionist(env, "status", "--json", timeout=60)
         assert status.returncode == 0, status.stderr
+        report = StatusReport.model_validate_json(status.stdout)
+        assert sorted(s.lane for s in report.lanes) == [
+            "order_analytics@duckdb",
+            "order_summary@postgres",
+        ]
+        facts = {s.name: s.facts for s in report.sinks}
+        assert facts["duckdb"]["current_snapshot"], facts  # read beside the runner
+        assert facts["duckdb"]["snapshot_age_seconds"] >= 0
+        assert facts["postgres"]["server_version"], facts
         group.send_signal(signal.SIGTERM)
         assert group.wait(timeout=120) == 0
         assert wait_gone(pids, timeout=5) == []

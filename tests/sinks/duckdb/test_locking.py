@@ -154,6 +154,7 @@ async def test_an_observer_reads_the_published_checkpoint_beside_the_runner(
     await observer.open_observer()
     target = Target("order_analytics@duckdb", "order_analytics", schema=OrderAnalytics.schema)
     assert await observer.read_checkpoint(target) is None  # nothing published yet
+    assert (await observer.describe())["current_snapshot"] is None
 
     writer = make_sink()
     store = InMemoryEventStore()
@@ -165,6 +166,9 @@ async def test_an_observer_reads_the_published_checkpoint_beside_the_runner(
     assert lane.checkpoint == head
     # The writer still holds the file; the observer neither waits for it nor takes it.
     assert await observer.read_checkpoint(lane.target) == head
+    facts = await observer.describe()
+    assert facts["current_snapshot"] == (await writer.describe())["current_snapshot"]
+    assert 0 <= facts["snapshot_age_seconds"] < 60
     with pytest.raises(ProjectionistError, match="opened to observe"):
         await observer.load(lane.target, ["order-1"])
     await observer.close()
