@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from time import monotonic
@@ -131,7 +132,7 @@ class Lane(ParksRejectedDocuments):
         attempt = 0
         while True:
             try:
-                with anyio.CancelScope(shield=shielded):
+                with anyio.CancelScope(shield=shielded), self._working():
                     result = await fn()
             except TransientError as exc:
                 attempt += 1
@@ -154,6 +155,12 @@ class Lane(ParksRejectedDocuments):
                 self._throttle.reset()
                 self.state = LaneState.RUNNING
             return result
+
+    def _working(self) -> AbstractContextManager[None]:
+        """Tell a shared log this lane is busy with its store (it keeps its place in the
+        convoy, see :class:`core.source.SharedLog`); a no-op on a store read directly."""
+        working = getattr(self.source, "working", None)
+        return working() if working is not None else nullcontext()
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -13,8 +13,10 @@ from core.events import EventEnvelope, NewEvent
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
 from core.lookups import StaticLookups
+from core.operations import Batch
 from core.position import START, Position
 from core.runner import Runner
+from core.sink import Target
 from core.source import SharedLog
 from core.strategy import Strategy
 from core.testing import InMemorySink
@@ -162,3 +164,68 @@ async def test_lanes_share_the_decoded_event_of_an_envelope_they_share(
     assert registry.decode(first[0]) is decoded  # the same envelope: decoded once
     assert registry.decode(again[0]) == decoded  # an equal envelope read again: decoded again
     assert registry.decode(again[0]) is not decoded
+
+
+class SlowSink(InMemorySink):
+    """Every write takes ``seconds`` (a catch-up batch into a large table, say)."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__(name)
+        self.seconds = seconds
+
+    async def write(self, target: Target, batch: Batch) -> None:
+        await anyio.sleep(self.seconds)
+        await super().write(target, batch)
+
+
+async def test_a_lane_whose_flushes_outlast_the_patience_stays_in_the_convoy() -> None:
+    """A lane busy with its store keeps its place: the others wait for it instead of leaving
+    it to read (and decode, and fold) the log alone. At 1,000,000 events the detail lane,
+    whose flushes outlasted the 5 s patience, fell out and did twice the work."""
+    store = CountingStore()
+    await fill(store, 2_000)
+    sinks = [SlowSink("slow", seconds=0.15), InMemorySink("fast")]
+    lanes = [
+        Lane(
+            TallyProjection(),
+            sink,
+            store,
+            lookups=StaticLookups(OWNERS),
+            strategy=Strategy.immediate(max_batch=100, catch_up_batch=100),
+        )
+        for sink in sinks
+    ]
+    runner = Runner(store, lanes)
+    assert runner.shared is not None
+    shared = runner.shared
+    shared.fetch, shared.capacity, shared.patience = 100, 400, 0.05  # flushes outlast it
+    with anyio.fail_after(30):
+        await runner.run(until_caught_up=True)
+    read_by_lanes = store.events_read
+    everything = await store.read(START, 10_000)
+    for lane, sink in zip(lanes, sinks, strict=True):
+        assert lane.checkpoint == everything[-1].position
+        assert sink.state(lane.target).live_documents() == oracle(everything)
+    assert shared.waits > 0  # the fast lane waited for the slow one...
+    # ...so the log was read about once (each lane alone: twice).
+    assert read_by_lanes < 1.2 * len(everything), read_by_lanes
+
+
+async def test_a_lane_working_too_long_stops_holding_the_others() -> None:
+    store = CountingStore()
+    await fill(store, 500)
+    shared = SharedLog(store, capacity=60, fetch=20, patience=0.05, working_patience=0.4)
+    slow, fast = shared.reader(), shared.reader()
+    await slow.read(START, 5)
+    place = START
+    started = anyio.current_time()
+    with slow.working(), anyio.fail_after(5):  # a store call that hangs
+        while True:
+            got = await fast.read(place, 10)
+            assert got == await store.read(place, 10)
+            if len(got) < 10:
+                break
+            place = got[-1].position
+        held = anyio.current_time() - started
+    assert shared.waits >= 1
+    assert 0.3 < held < 3, held  # held for working_patience, not for the whole call
