@@ -148,7 +148,8 @@ class Lane(ParksRejectedDocuments):
                         self._throttle.suppressed,
                         exc,
                     )
-                await anyio.sleep(self.backoff.delay(attempt))
+                with self._away():
+                    await anyio.sleep(self.backoff.delay(attempt))
                 continue
             if attempt:
                 log.info("lane %s: %s recovered after %d retries", self.name, what, attempt)
@@ -157,10 +158,15 @@ class Lane(ParksRejectedDocuments):
             return result
 
     def _working(self) -> AbstractContextManager[None]:
-        """Tell a shared log this lane is busy with its store (it keeps its place in the
-        convoy, see :class:`core.source.SharedLog`); a no-op on a store read directly."""
+        """Tell a shared log this lane is busy with its store: it keeps its place in the
+        convoy (:class:`core.source.SharedLog`). A no-op on a store read directly."""
         working = getattr(self.source, "working", None)
         return working() if working is not None else nullcontext()
+
+    def _away(self) -> AbstractContextManager[None]:
+        """Tell a shared log this lane waits out a store failure: the others go on."""
+        away = getattr(self.source, "away", None)
+        return away() if away is not None else nullcontext()
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -189,20 +195,28 @@ class Lane(ParksRejectedDocuments):
         While behind the head, the next chunk of the log is read while this one is folded and
         written (:class:`~core.readahead.ReadAhead`).
         """
-        pending = await self.start()
-        self.state = LaneState.RUNNING
-        failed: BaseException | None = None
-        async with anyio.create_task_group() as group:
-            try:
-                await self._loop(pending, ReadAhead(self.source, group), until_caught_up)
-            except anyio.get_cancelled_exc_class():
-                raise
-            except BaseException as exc:  # raised as itself below, not in an exception group
-                failed = exc
-            finally:
-                group.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
+        arrive = getattr(self.source, "arrive", None)
+        if arrive is not None:  # a shared log keeps its window for this lane's first read
+            arrive()
+        try:
+            pending = await self.start()
+            self.state = LaneState.RUNNING
+            failed: BaseException | None = None
+            async with anyio.create_task_group() as group:
+                try:
+                    await self._loop(pending, ReadAhead(self.source, group), until_caught_up)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:  # raised as itself below, not in an exception group
+                    failed = exc
+                finally:
+                    group.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
+        finally:
+            leave = getattr(self.source, "leave", None)
+            if leave is not None:  # a shared log stops waiting for this lane
+                leave()
 
     async def _loop(self, pending: Pending, source: ReadAhead, until_caught_up: bool) -> None:
         behind = True

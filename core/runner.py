@@ -38,7 +38,7 @@ class Runner:
             if lane.name in self.lanes:
                 raise ConfigurationError("lane", lane.name, "each lane may be configured once")
             if self.shared is not None:
-                lane.source = self.shared.reader()
+                lane.source = self.shared.reader(f"lane {lane.name}")
             self.lanes[lane.name] = lane
         self._share_work()
 

@@ -12,6 +12,7 @@ store themselves, exactly as before, and join again once they reach it.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -25,17 +26,23 @@ from core.position import Position
 
 __all__ = ("LogReader", "SharedLog")
 
+log = logging.getLogger("projectionist.source")
+
 
 @dataclass(slots=True)
 class _Cursor:
-    """Where one reader last asked to read from, and when; ``working`` since when, if its
-    lane is in the middle of a call to its store."""
+    """Where one reader last asked to read from, and when (or when its lane last ended a call
+    to its store); ``away`` while its lane waits out a store failure."""
 
-    after: Position
+    after: Position | None
+    """``None``: its lane has arrived but not read yet (it may need anything the window
+    holds)."""
     at: float
     working: float | None = None
+    """Since when its lane is in a call to its store (``None``: it is not)."""
     depth: int = 0
     """Calls in flight (a call may make another)."""
+    away: bool = False
 
 
 class SharedLog:
@@ -48,18 +55,19 @@ class SharedLog:
     head of the store, never the end of the window.
 
     Bounded memory with a convoy: the window holds at most ``capacity`` events. A reader
-    that would extend it past that waits for readers that still need its oldest events, while
-    they are active: a reader is active for ``patience`` seconds after its last read, and
-    while its lane is :meth:`working` (an attempt of a store call in flight: a flush, a load),
-    for at most ``working_patience`` seconds per call. A reader that is neither (its store
-    down, its lane halted, or gone) no longer holds the others back: it reads the store on its
-    own, and joins again once it reaches the window. In one process this costs nothing: the
-    lanes share one core, and a lane waiting for the slowest gives it the CPU.
+    that would extend it past that waits for the active readers that still need its oldest
+    events. A reader is active unless its lane is :meth:`away` (waiting between attempts at a
+    store that fails), has left (:meth:`leave`: halted, stopped, caught up), or has neither read nor
+    ended a store call for ``patience`` seconds (hung). A reader that is not active no longer
+    holds the others back: it reads the store on its own, and joins again once it reaches the
+    window. In one process this costs nothing: the lanes share one core, and a lane waiting
+    for the slowest gives it the CPU.
 
-    Without ``working``, a lane whose flushes took longer than ``patience`` (a catch-up batch
-    into a large table) left the convoy for good: it read, decoded and folded alone, which
-    made it slower still (1,000,000 events, five lanes: the detail lane ended 400,000 events
-    behind the others and the rebuild took twice the work; decision 0011).
+    A lane arrives (:meth:`arrive`) when it starts, so the window keeps its place before its
+    first read. Activity used to mean "read in the last 5 s" and a lane had no place before its
+    first read: at 1,000,000 events, the lane slowest to prepare its target, or one whose
+    flush outlasted 5 s, read, decoded and folded alone for the rest of the rebuild (decision
+    0007's amendment).
     """
 
     def __init__(
@@ -67,8 +75,7 @@ class SharedLog:
         store: EventStore,
         capacity: int = 10_000,
         fetch: int = 2_000,
-        patience: float = 5.0,
-        working_patience: float = 30.0,
+        patience: float = 30.0,
     ) -> None:
         if capacity < fetch:
             raise ValueError(f"capacity {capacity} must be at least fetch {fetch}")
@@ -76,7 +83,6 @@ class SharedLog:
         self.capacity = capacity
         self.fetch = fetch
         self.patience = patience
-        self.working_patience = working_patience
         self._events: list[EventEnvelope] = []
         self._keys: list[Position] = []
         self._start: Position | None = None
@@ -89,21 +95,31 @@ class SharedLog:
         """The ticket of the newest finished extension, and whether it found the head."""
         self._moved = anyio.Event()
         self._cursors: dict[int, _Cursor] = {}
+        self._names: dict[int, str] = {}
+        self.left_behind = 0
+        """Times a reader still inside the window was left behind by the others."""
         self.store_reads = 0
         self.window_reads = 0
         self.waits = 0
 
-    def reader(self) -> LogReader:
-        """An :class:`~core.readahead.EventSource` for one lane: its reads count as that
-        lane's place in the convoy."""
-        return LogReader(self)
+    def reader(self, name: str = "a reader") -> LogReader:
+        """An :class:`~core.readahead.EventSource` for one lane (``name`` in log lines): its
+        reads count as that lane's place in the convoy."""
+        reader = LogReader(self)
+        self._names[id(reader)] = name
+        return reader
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _covers(self, after: Position) -> bool:
+    def _covers(self, after: Position | None) -> bool:
+        if after is None:  # arrived, not read yet: counts as needing the whole window
+            return self._start is not None
         return (
             self._start is not None and self._end is not None and self._start <= after <= self._end
         )
+
+    def _behind(self, cursor: _Cursor, dropped: Position) -> bool:
+        return cursor.after is None or cursor.after < dropped
 
     def _from_window(self, after: Position, limit: int) -> list[EventEnvelope]:
         index = bisect.bisect_right(self._keys, after)
@@ -144,10 +160,9 @@ class SharedLog:
 
     def _until(self, cursor: _Cursor) -> float:
         """When ``cursor`` stops counting as active, unless it reads or works again."""
-        until = cursor.at + self.patience
-        if cursor.working is not None:
-            until = max(until, cursor.working + self.working_patience)
-        return until
+        if cursor.away:
+            return float("-inf")
+        return max(cursor.at, cursor.working or cursor.at) + self.patience
 
     def _active(self, exclude: int | None) -> bool:
         """Whether a reader other than ``exclude`` is reading inside the window."""
@@ -159,9 +174,9 @@ class SharedLog:
 
     @contextmanager
     def working(self, reader: int) -> Iterator[None]:
-        """``reader``'s lane is in one attempt of a call to its store: it stays active (up to
-        ``working_patience`` seconds), and counts as having just read when the call ends. Not
-        for the waits between attempts: a lane whose store is down leaves the convoy."""
+        """``reader``'s lane is in one attempt of a call to its store: it stays active (for at
+        most ``patience`` seconds per call) and counts as having just read when the call
+        ends."""
         cursor = self._cursors.get(reader)
         if cursor is None:  # it has not read yet: nothing to hold
             yield
@@ -177,6 +192,35 @@ class SharedLog:
                 cursor.working = None
                 cursor.at = monotonic()
                 self._wake()
+
+    @contextmanager
+    def away(self, reader: int) -> Iterator[None]:
+        """``reader``'s lane waits between attempts at a failing store: the others do not wait
+        for it meanwhile."""
+        cursor = self._cursors.get(reader)
+        if cursor is None:
+            yield
+            return
+        cursor.away = True
+        self._wake()
+        try:
+            yield
+        finally:
+            cursor.away = False
+            cursor.at = monotonic()
+
+    def arrive(self, reader: int) -> None:
+        """``reader``'s lane has started (it prepares its target and reads its checkpoint
+        before its first read): the window keeps what it holds for it meanwhile, within the
+        usual patience. Without this, the lanes that start first ran up to 14,000 events
+        ahead before a slower one's first read, which then read alone for the whole rebuild."""
+        if reader not in self._cursors:
+            self._cursors[reader] = _Cursor(None, monotonic())
+
+    def leave(self, reader: int) -> None:
+        """``reader``'s lane has stopped (halted, cancelled, caught up): forget its place."""
+        if self._cursors.pop(reader, None) is not None:
+            self._wake()
 
     # -- growing the window ----------------------------------------------------------------
 
@@ -233,14 +277,33 @@ class SharedLog:
                 if key != reader
                 and now < self._until(c)
                 and self._covers(c.after)
-                and c.after < dropped
+                and self._behind(c, dropped)
             ]
             if not waiting_for:
+                self._note_left_behind(reader, dropped, now)
                 return
             self.waits += 1
             deadline = min(self._until(c) for c in waiting_for)
             with anyio.move_on_after(max(0.0, deadline - now)):
                 await self._moved.wait()
+
+    def _note_left_behind(self, reader: int | None, dropped: Position, now: float) -> None:
+        """Log each reader the next extension leaves behind: from then on it reads, decodes
+        and folds on its own until it reaches the window again."""
+        for key, c in self._cursors.items():
+            if key != reader and self._covers(c.after) and self._behind(c, dropped):
+                self.left_behind += 1
+                why = (
+                    "waiting out a store failure"
+                    if c.away
+                    else f"silent for {now - max(c.at, c.working or c.at):.1f} s"
+                )
+                log.info(
+                    "shared log: %s left behind at %s (%s); it reads the store on its own",
+                    self._names.get(key, "a reader"),
+                    c.after,
+                    why,
+                )
 
     # -- waiting for the head --------------------------------------------------------------
 
@@ -264,6 +327,18 @@ class LogReader:
     def working(self) -> AbstractContextManager[None]:
         """Its lane is in one attempt of a store call (see :meth:`SharedLog.working`)."""
         return self.log.working(id(self))
+
+    def away(self) -> AbstractContextManager[None]:
+        """Its lane waits between attempts at a failing store (:meth:`SharedLog.away`)."""
+        return self.log.away(id(self))
+
+    def arrive(self) -> None:
+        """Its lane has started (:meth:`SharedLog.arrive`)."""
+        self.log.arrive(id(self))
+
+    def leave(self) -> None:
+        """Its lane has stopped (:meth:`SharedLog.leave`)."""
+        self.log.leave(id(self))
 
     @property
     def notifications(self) -> int:
