@@ -57,17 +57,16 @@ class SharedLog:
     Bounded memory with a convoy: the window holds at most ``capacity`` events. A reader
     that would extend it past that waits for the active readers that still need its oldest
     events. A reader is active unless its lane is :meth:`away` (waiting between attempts at a
-    store that fails), has left (:meth:`leave`: halted, stopped, caught up), or has neither read nor
-    ended a store call for ``patience`` seconds (hung). A reader that is not active no longer
-    holds the others back: it reads the store on its own, and joins again once it reaches the
-    window. In one process this costs nothing: the lanes share one core, and a lane waiting
-    for the slowest gives it the CPU.
+    store that fails), has left (:meth:`leave`: halted, stopped, caught up), or has neither
+    read nor ended a store call (:meth:`working`) for ``patience`` seconds. A reader that is
+    not active no longer holds the others back: it reads the store on its own, and joins again
+    once it reaches the window. In one process this costs nothing: the lanes share one core,
+    and a lane waiting for the slowest gives it the CPU.
 
     A lane arrives (:meth:`arrive`) when it starts, so the window keeps its place before its
-    first read. Activity used to mean "read in the last 5 s" and a lane had no place before its
-    first read: at 1,000,000 events, the lane slowest to prepare its target, or one whose
-    flush outlasted 5 s, read, decoded and folded alone for the rest of the rebuild (decision
-    0007's amendment).
+    first read. Without that, at 1,000,000 events the lane slowest to prepare its target made
+    its first read 14,000 events behind the window and read, decoded and folded alone for the
+    rest of the rebuild (decision 0007's amendment).
     """
 
     def __init__(
@@ -75,7 +74,7 @@ class SharedLog:
         store: EventStore,
         capacity: int = 10_000,
         fetch: int = 2_000,
-        patience: float = 30.0,
+        patience: float = 5.0,
     ) -> None:
         if capacity < fetch:
             raise ValueError(f"capacity {capacity} must be at least fetch {fetch}")
@@ -162,7 +161,7 @@ class SharedLog:
         """When ``cursor`` stops counting as active, unless it reads or works again."""
         if cursor.away:
             return float("-inf")
-        return max(cursor.at, cursor.working or cursor.at) + self.patience
+        return cursor.at + self.patience
 
     def _active(self, exclude: int | None) -> bool:
         """Whether a reader other than ``exclude`` is reading inside the window."""
@@ -174,9 +173,10 @@ class SharedLog:
 
     @contextmanager
     def working(self, reader: int) -> Iterator[None]:
-        """``reader``'s lane is in one attempt of a call to its store: it stays active (for at
-        most ``patience`` seconds per call) and counts as having just read when the call
-        ends."""
+        """``reader``'s lane is in one attempt of a call to its store: when the call ends it
+        counts as having just read. (Holding its place during the call too, for up to 30 s,
+        was tried and reverted: a 1,000,000-event rebuild then stalled 30 s per window, see
+        decision 0007's amendment.)"""
         cursor = self._cursors.get(reader)
         if cursor is None:  # it has not read yet: nothing to hold
             yield
@@ -291,13 +291,14 @@ class SharedLog:
         """Log each reader the next extension leaves behind: from then on it reads, decodes
         and folds on its own until it reaches the window again."""
         for key, c in self._cursors.items():
-            if key != reader and self._covers(c.after) and self._behind(c, dropped):
+            if (
+                key != reader
+                and c.after is not None
+                and self._covers(c.after)
+                and c.after < dropped
+            ):
                 self.left_behind += 1
-                why = (
-                    "waiting out a store failure"
-                    if c.away
-                    else f"silent for {now - max(c.at, c.working or c.at):.1f} s"
-                )
+                why = "waiting out a store failure" if c.away else f"silent for {now - c.at:.1f} s"
                 log.info(
                     "shared log: %s left behind at %s (%s); it reads the store on its own",
                     self._names.get(key, "a reader"),
