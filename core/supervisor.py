@@ -191,7 +191,7 @@ def supervise(
             say(f"started {children[-1].describe()}")
             if signals:
                 _send(children[-1], signal.SIGTERM)
-        return _wait(children, lambda: signals > 0, say)
+        return _wait(children, lambda: signals > 0, say, until_caught_up)
     finally:
         for child in children:  # only after an error of our own: never leave a runner behind
             if child.code is None:
@@ -209,7 +209,10 @@ def _send(child: Child, signum: signal.Signals) -> None:
 
 
 def _wait(
-    children: list[Child], asked_to_stop: Callable[[], bool], say: Callable[[str], None]
+    children: list[Child],
+    asked_to_stop: Callable[[], bool],
+    say: Callable[[str], None],
+    until_caught_up: bool,
 ) -> int:
     failure: int | None = None
     kill_at: float | None = None
@@ -225,7 +228,10 @@ def _wait(
                 continue
             running = [c for c in children if c.code is None]
             if returncode in (0, 1):
-                how = "caught up" if returncode == 0 else "stopped: its lanes halted"
+                if returncode == 1:
+                    how = "stopped: its lanes halted"
+                else:
+                    how = "caught up" if until_caught_up else "stopped by itself (signalled?)"
                 say(f"{child.describe()} {how}; {len(running)} other runner(s) go on")
                 continue
             failure = _exit_code(returncode)
