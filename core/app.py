@@ -48,7 +48,7 @@ def configured_lanes(settings: Settings) -> dict[str, LaneSettings]:
             raise ConfigurationError(
                 "lanes.projection", lane.projection, "name a Projection subclass"
             )
-        name = f"{cls.name}@{lane.sink}"
+        name = lane_name_of(lane)
         if name in names:
             raise ConfigurationError("lanes", name, "each lane may be configured once")
         names[name] = lane
