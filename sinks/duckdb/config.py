@@ -44,16 +44,16 @@ class DuckDBSinkSettings(BaseModel):
     """Documents per Arrow table; a larger batch is split into chunks of one transaction."""
     threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads (``None``: DuckDB's default, one per core)."""
-    memory_limit: str | None = None
+    memory_limit: str | None = "100MB"
     """DuckDB's ``memory_limit``: a size with its unit (``"100MB"``, ``"2GB"``, ``"512MiB"``,
-    at least 16MB) or a share of the RAM (``"10%"``); ``None``: DuckDB's own default, 80% of
-    the RAM. DuckDB caches the tables' blocks up to it, so without a limit the runner grows
-    with the analytics tables. Measured at 1,000,000 events (decision 0010): ``"100MB"`` took
-    the analytics lane alone from 369 to 302 MB and all five reference lanes in one runner
-    from 492 to 381 MB, and neither was slower. Not the default, because the limit must leave
-    room for the largest document several times over: a block DuckDB cannot pin fails even a
-    ``CHECKPOINT`` (a 20 MiB document under ``"16MB"``). A flush that runs out of memory is
-    written once without the limit, with a warning (see :class:`~sinks.duckdb.DuckDBSink`)."""
+    at least 16MB) or a share of the RAM (``"10%"``); ``"80%"`` or ``None`` is DuckDB's own
+    default. DuckDB caches the tables' blocks up to it (what does not fit is read back from the
+    working file), so without a limit the runner grows with the analytics tables: at
+    1,000,000 events the five reference lanes in one runner peaked at 482 MB without it and
+    371 MB with ``"100MB"``, flat after the first 20 s, in about the same time; ``"50MB"``
+    made the rebuild a third slower (decision 0012). A flush that does not fit the limit (a
+    document of tens of MiB) is written once without it, with a warning (see
+    :class:`~sinks.duckdb.DuckDBSink`)."""
 
     @field_validator("memory_limit")
     @classmethod

@@ -257,6 +257,7 @@ class DuckDBSink(Sink):
             "name": self.name,
             "path": str(self.layout.working),
             "dashboards_open": str(self.layout.current),
+            "memory_limit": self.settings.memory_limit,
             "duckdb": duckdb.__version__,
         }
         try:
@@ -529,6 +530,7 @@ class DuckDBSink(Sink):
             "current_snapshot": p.current,
             "snapshots_published": p.published,
             "unpublished_writes": p.unpublished_writes,
+            "memory_limit": self.settings.memory_limit,
             "flushes_over_memory_limit": self.over_memory_limit,
             "last_publish_seconds": round(p.last_seconds, 4),
             "max_publish_seconds": round(p.max_seconds, 4),

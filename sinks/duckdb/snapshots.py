@@ -19,10 +19,12 @@ half-written file, and it never takes a lock the runner needs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 
@@ -35,13 +37,31 @@ _FICLONE = 0x40049409  # Linux ioctl: share the file's extents (btrfs, XFS, bcac
 
 
 def _copy(source: Path, target: Path) -> None:
+    """A reflink where the file system has them, else a copy in the kernel (``sendfile``):
+    the file's bytes never pass through this process, whose memory they would raise by the
+    copy's buffer at every publish."""
     with source.open("rb") as src, target.open("wb") as dst:
         try:
             fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
         except OSError:
-            shutil.copyfileobj(src, dst, length=8 << 20)
+            _copy_in_kernel(src, dst)
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def _copy_in_kernel(src: BinaryIO, dst: BinaryIO) -> None:
+    offset = 0
+    while True:
+        try:
+            sent = os.sendfile(dst.fileno(), src.fileno(), offset, 1 << 30)
+        except OSError as exc:  # a file system without sendfile: through a small buffer
+            if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            shutil.copyfileobj(src, dst, length=1 << 20)
+            return
+        if sent == 0:
+            return
+        offset += sent
 
 
 def _fsync_folder(folder: Path) -> None:

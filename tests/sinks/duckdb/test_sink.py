@@ -176,6 +176,23 @@ async def test_a_flush_too_big_for_memory_limit_is_written_without_it_once(
     assert (await sink.describe())["flushes_over_memory_limit"] == 1
 
 
+async def test_the_cache_is_bounded_by_default_and_can_be_given_back(
+    make_sink: SinkFactory,
+) -> None:
+    """Decision 0012: without a limit DuckDB caches the tables up to 80% of the RAM, and the
+    runner grows with the history; the sink sets 100MB unless told otherwise."""
+    sink = make_sink()
+    await sink.prepare(target())
+    setting = "SELECT current_setting('memory_limit')"
+    assert sink._connection().execute(setting).fetchall() == [("95.3 MiB",)]  # 100MB
+    assert (await sink.describe())["memory_limit"] == "100MB"
+    await sink.close()
+    unbounded = make_sink(memory_limit="80%")
+    await unbounded.prepare(target())
+    found = unbounded._connection().execute(setting).fetchall()[0][0]
+    assert found.endswith("GiB") or float(found.split()[0]) > 95.3, found
+
+
 def test_a_failed_statement_is_reported_not_the_aborted_transaction() -> None:
     """After a statement fails inside a transaction, DuckDB also refuses to unregister the
     Arrow table ("Current transaction is aborted"); the flush must report the first error."""
