@@ -142,7 +142,7 @@ class SharedLog:
             begun = self._begun
             found = self._from_window(after, limit) if self._covers(after) else []
             while len(found) < limit:
-                grew = await self._extend(after, begun, reader)
+                grew = await self._extend(after, begun, reader, limit)
                 # another reader may have extended the window while this one waited
                 found = self._from_window(after, limit) if self._covers(after) else []
                 if not grew:
@@ -224,68 +224,82 @@ class SharedLog:
 
     # -- growing the window ----------------------------------------------------------------
 
-    async def _extend(self, after: Position, begun: int, reader: int | None) -> bool:
+    async def _extend(self, after: Position, begun: int, reader: int | None, limit: int) -> bool:
         """Read the events past the window's end into it (starting a window at ``after`` when
         no other reader is using it); False when there were none (the head) or the window is
         not this reader's to extend.
 
-        Extensions are serialised. A reader that waited for the lock while another reader's
-        extension, begun after this read began, found the head takes that answer instead of
-        asking the store again: it is as fresh as its own would have been.
+        Extensions are serialised by the window's lock, but a reader waits for room (for the
+        readers behind) without holding it. Holding it made a deadlock that only the patience
+        broke: at 1,000,000 events all five lanes sat idle for 5 s, about three times per
+        rebuild, because the lock's holder waited for a lane that was itself queued for the
+        lock (decision 0007, second amendment). A reader that gets the lock after another
+        extension already brought what it asked for takes it as it is. So does one whose read
+        began before an extension that found the head: that answer is as fresh as its own
+        would have been.
         """
-        async with self._lock:
-            if self._last > begun and self._last_reached_head:
-                return False
-            if not self._covers(after):
-                if self._active(exclude=reader):
-                    return False
-                self._events, self._keys = [], []
-                self._start = self._end = after
-            await self._make_room(reader)
-            end = self._end
-            assert end is not None
-            self._begun += 1
-            index = self._begun
-            self.store_reads += 1
-            new = await self.store.read(end, self.fetch)
-            self._last, self._last_reached_head = index, len(new) < self.fetch
-            if not new:
-                return False
-            self._events.extend(new)
-            self._keys.extend(e.position for e in new)
-            self._end = new[-1].position
-            excess = len(self._events) - self.capacity
-            if excess > 0:
-                self._start = self._keys[excess - 1]
-                del self._events[:excess]
-                del self._keys[:excess]
-            return True
-
-    async def _make_room(self, reader: int | None) -> None:
-        """Wait while the next extension would drop events another active reader still needs
-        (the extending reader's own are never dropped: see the ``limit`` bound in
-        :meth:`read`)."""
         while True:
-            excess = len(self._events) + self.fetch - self.capacity
-            if excess <= 0:
-                return
-            dropped = self._keys[excess - 1]
-            now = monotonic()
-            waiting_for = [
-                c
-                for key, c in self._cursors.items()
-                if key != reader
-                and now < self._until(c)
-                and self._covers(c.after)
-                and self._behind(c, dropped)
-            ]
-            if not waiting_for:
-                self._note_left_behind(reader, dropped, now)
-                return
+            async with self._lock:
+                if self._last > begun and self._last_reached_head:
+                    return False
+                if self._covers(after) and len(self._from_window(after, limit)) >= limit:
+                    return True  # another reader's extension brought it meanwhile
+                if not self._covers(after):
+                    if self._active(exclude=reader):
+                        return False
+                    self._events, self._keys = [], []
+                    self._start = self._end = after
+                wait = self._room_wait(reader)
+                if wait is None:
+                    return await self._fetch_more()
             self.waits += 1
-            deadline = min(self._until(c) for c in waiting_for)
-            with anyio.move_on_after(max(0.0, deadline - now)):
-                await self._moved.wait()
+            deadline, moved = wait
+            with anyio.move_on_after(max(0.0, deadline - monotonic())):
+                await moved.wait()
+
+    async def _fetch_more(self) -> bool:
+        """Under the lock: one store read past the window's end, appended to the window."""
+        end = self._end
+        assert end is not None
+        self._begun += 1
+        index = self._begun
+        self.store_reads += 1
+        new = await self.store.read(end, self.fetch)
+        self._last, self._last_reached_head = index, len(new) < self.fetch
+        if not new:
+            return False
+        self._events.extend(new)
+        self._keys.extend(e.position for e in new)
+        self._end = new[-1].position
+        excess = len(self._events) - self.capacity
+        if excess > 0:
+            self._start = self._keys[excess - 1]
+            del self._events[:excess]
+            del self._keys[:excess]
+        return True
+
+    def _room_wait(self, reader: int | None) -> tuple[float, anyio.Event] | None:
+        """Under the lock: ``None`` when the next extension may drop what it must (no other
+        active reader still needs those events; the extending reader's own are never dropped,
+        see the ``limit`` bound in :meth:`read`), else until when to wait for the readers
+        behind, and the event that says one of them moved."""
+        excess = len(self._events) + self.fetch - self.capacity
+        if excess <= 0:
+            return None
+        dropped = self._keys[excess - 1]
+        now = monotonic()
+        waiting_for = [
+            c
+            for key, c in self._cursors.items()
+            if key != reader
+            and now < self._until(c)
+            and self._covers(c.after)
+            and self._behind(c, dropped)
+        ]
+        if not waiting_for:
+            self._note_left_behind(reader, dropped, now)
+            return None
+        return min(self._until(c) for c in waiting_for), self._moved
 
     def _note_left_behind(self, reader: int | None, dropped: Position, now: float) -> None:
         """Log each reader the next extension leaves behind: from then on it reads, decodes
