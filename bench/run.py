@@ -91,7 +91,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh-log", action="store_true", help="refill even a kept log")
     parser.add_argument("--profile", action="store_true", help="profile each lane (JSON only)")
     parser.add_argument(
-        "--duckdb-memory-limit", help='the DuckDB sink\'s memory_limit, e.g. "100MB" (its default)'
+        "--duckdb-memory-limit",
+        help='the DuckDB sink\'s memory_limit (default "100MB"), e.g. "80%%": DuckDB\'s own',
     )
     args = parser.parse_args(argv)
     quick = args.quick
