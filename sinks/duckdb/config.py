@@ -49,10 +49,9 @@ class DuckDBSinkSettings(BaseModel):
     at least 16MB) or a share of the RAM (``"10%"``); ``"80%"`` or ``None`` is DuckDB's own
     default. DuckDB caches the tables' blocks up to it (what does not fit is read back from the
     working file), so without a limit the runner grows with the analytics tables: at
-    1,000,000 events the five reference lanes in one runner peaked at 482 MB without it and
-    371 MB with ``"100MB"``, flat after the first 20 s, in about the same time; ``"50MB"``
-    made the rebuild a third slower (decision 0012). A flush that does not fit the limit (a
-    document of tens of MiB) is written once without it, with a warning (see
+    1,000,000 events the five reference lanes in one runner peaked at 467-497 MB without it
+    and 368 MB with ``"100MB"``, no slower (decision 0012). A flush that does not fit the
+    limit (a document of tens of MiB) is written once without it, with a warning (see
     :class:`~sinks.duckdb.DuckDBSink`)."""
 
     @field_validator("memory_limit")
