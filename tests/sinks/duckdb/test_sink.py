@@ -154,24 +154,27 @@ async def test_tables_made_with_a_primary_key_take_the_same_writes(
     assert rows(db_path, "SELECT count(*) FROM things_g1") == [(3,)]
 
 
+@pytest.mark.parametrize(("given", "shown"), [(None, "47.6 MiB"), ("64MB", "61.0 MiB")])
 async def test_a_flush_too_big_for_memory_limit_is_written_without_it_once(
-    make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+    make_sink: SinkFactory, caplog: pytest.LogCaptureFixture, given: str | None, shown: str
 ) -> None:
     """An out-of-memory error would come back at every retry of the same batch; the sink
-    writes that one flush under DuckDB's own limit, says so, and restores the configured one."""
-    sink = make_sink(memory_limit="64MB")
+    writes that one flush under DuckDB's own limit, says so, and restores the configured one
+    (the default, 50MB, and a limit given)."""
+    sink = make_sink() if given is None else make_sink(memory_limit=given)
+    limit_name = given or "50MB"
     t = target()
     await sink.prepare(t)
     big = {**thing("big", 1), "label": "x" * (20 * 1024 * 1024)}
     with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
         await sink.write(t, batch([PutDocument("big", 1, big)], None, Position(1, 1)))
-    assert "needs more than memory_limit=64MB" in caplog.text
+    assert f"needs more than memory_limit={limit_name}" in caplog.text
     assert "snapshot not published" not in caplog.text
     assert (await sink.describe())["flushes_over_memory_limit"] == 1
     assert (await sink.load(t, ["big"]))["big"] == StoredDocument(1, big)
     con = sink._connection()
     limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    assert limit == "61.0 MiB"  # 64MB again
+    assert limit == shown  # the configured limit again
     await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], Position(1, 1), Position(1, 2)))
     assert (await sink.describe())["flushes_over_memory_limit"] == 1
 
@@ -180,17 +183,17 @@ async def test_the_cache_is_bounded_by_default_and_can_be_given_back(
     make_sink: SinkFactory,
 ) -> None:
     """Decision 0012: without a limit DuckDB caches the tables up to 80% of the RAM, and the
-    runner grows with the history; the sink sets 100MB unless told otherwise."""
+    runner grows with the history; the sink sets 50MB unless told otherwise."""
     sink = make_sink()
     await sink.prepare(target())
     setting = "SELECT current_setting('memory_limit')"
-    assert sink._connection().execute(setting).fetchall() == [("95.3 MiB",)]  # 100MB
-    assert (await sink.describe())["memory_limit"] == "100MB"
+    assert sink._connection().execute(setting).fetchall() == [("47.6 MiB",)]  # 50MB
+    assert (await sink.describe())["memory_limit"] == "50MB"
     await sink.close()
     unbounded = make_sink(memory_limit="80%")
     await unbounded.prepare(target())
     found = unbounded._connection().execute(setting).fetchall()[0][0]
-    assert found.endswith("GiB") or float(found.split()[0]) > 95.3, found
+    assert found.endswith("GiB") or float(found.split()[0]) > 47.6, found
 
 
 def test_a_failed_statement_is_reported_not_the_aborted_transaction() -> None:
