@@ -19,12 +19,10 @@ half-written file, and it never takes a lock the runner needs.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import shutil
 from pathlib import Path
-from typing import BinaryIO
 
 import duckdb
 
@@ -37,35 +35,24 @@ _FICLONE = 0x40049409  # Linux ioctl: share the file's extents (btrfs, XFS, bcac
 
 
 def _copy(source: Path, target: Path) -> None:
-    """A reflink where the file system has them, else a copy in the kernel (``sendfile``):
-    the file's bytes never pass through this process, whose memory they would raise by the
-    copy's buffer at every publish."""
+    """A reflink where the file system has them, else :func:`shutil.copyfile`, which copies in
+    the kernel (``sendfile``) on Linux: the file's bytes never pass through this process,
+    whose memory a copy through a buffer raised at every publish. Durable when it returns."""
     with source.open("rb") as src, target.open("wb") as dst:
         try:
             fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
         except OSError:
-            _copy_in_kernel(src, dst)
-        dst.flush()
-        os.fsync(dst.fileno())
-
-
-def _copy_in_kernel(src: BinaryIO, dst: BinaryIO) -> None:
-    offset = 0
-    while True:
-        try:
-            sent = os.sendfile(dst.fileno(), src.fileno(), offset, 1 << 30)
-        except OSError as exc:  # a file system without sendfile: through a small buffer
-            if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            shutil.copyfileobj(src, dst, length=1 << 20)
+            pass
+        else:
+            os.fsync(dst.fileno())
             return
-        if sent == 0:
-            return
-        offset += sent
+    shutil.copyfile(source, target)
+    _fsync(target)
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -99,7 +86,7 @@ def publish(con: duckdb.DuckDBPyConnection, layout: Layout, sequence: int, keep:
         link.unlink()
     link.symlink_to(final.name)
     link.replace(layout.current)
-    _fsync_folder(layout.folder)
+    _fsync(layout.folder)
     for _, old in layout.snapshots()[:-keep]:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
