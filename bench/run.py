@@ -92,7 +92,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="profile each lane (JSON only)")
     parser.add_argument(
         "--duckdb-memory-limit",
-        help='the DuckDB sink\'s memory_limit (default "50MB"), e.g. "80%%": DuckDB\'s own',
+        help='the DuckDB sink\'s memory_limit (default "25MB"), e.g. "80%%": DuckDB\'s own',
     )
     args = parser.parse_args(argv)
     quick = args.quick

@@ -44,15 +44,15 @@ class DuckDBSinkSettings(BaseModel):
     """Documents per Arrow table; a larger batch is split into chunks of one transaction."""
     threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads (``None``: DuckDB's default, one per core)."""
-    memory_limit: str | None = "50MB"
+    memory_limit: str | None = "25MB"
     """DuckDB's ``memory_limit``: a size with its unit (``"100MB"``, ``"2GB"``, ``"512MiB"``,
     at least 16MB) or a share of the RAM (``"10%"``); ``"80%"`` or ``None`` is DuckDB's own
     default. DuckDB caches the tables' blocks up to it (what does not fit is read back from the
     working file), so without a limit the runner grows with the analytics tables: at
     1,000,000 events the five reference lanes in one runner peaked at 467-497 MB without it,
-    356-368 MB with ``"100MB"`` and 312-313 MB with ``"50MB"``, no slower (decision 0012). A
-    flush that does not fit the limit (a document of tens of MiB) is written once without it,
-    with a warning (see :class:`~sinks.duckdb.DuckDBSink`)."""
+    356-368 MB with ``"100MB"``, 311-313 MB with ``"50MB"`` and 285-288 MB with ``"25MB"``
+    (decision 0012). A flush, load or checkpoint that does not fit the limit (a document of
+    tens of MiB) runs once without it, with a warning (see :class:`~sinks.duckdb.DuckDBSink`)."""
 
     @field_validator("memory_limit")
     @classmethod

@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from time import monotonic, sleep, time
 from typing import Any, TypeVar
 
@@ -65,6 +66,16 @@ _WRITE_CHECKPOINT = (
     "ON CONFLICT (lane, generation) DO UPDATE SET transaction_id = excluded.transaction_id, "
     "global_position = excluded.global_position, updated_at = excluded.updated_at"
 )
+
+
+_OUT_OF_MEMORY: tuple[type[Exception], ...] = (duckdb.OutOfMemoryException,)
+
+
+def _out_of_memory(exc: duckdb.Error) -> bool:
+    """A fatal error that is DuckDB running out of memory (a checkpoint that cannot pin a
+    block larger than ``memory_limit``), not a broken file."""
+    text = str(exc).lower()
+    return any(m in text for m in ("failed to pin", "could not allocate", "failed to allocate"))
 
 
 @contextlib.contextmanager
@@ -140,7 +151,8 @@ class DuckDBSink(Sink):
         self._sequence = 0
         self._published_at = float("-inf")
         self.over_memory_limit = 0
-        """Flushes written without ``memory_limit`` because they did not fit it."""
+        """Calls (flushes, loads, snapshot checkpoints) run once without ``memory_limit``
+        because they did not fit it."""
         self._observer = False
 
     # -- the worker-thread slot ----------------------------------------------------------
@@ -193,7 +205,8 @@ class DuckDBSink(Sink):
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
         self._lock_fd = fd
 
-    def _connection(self) -> duckdb.DuckDBPyConnection:
+    def _connection(self, *, unbounded: bool = False) -> duckdb.DuckDBPyConnection:
+        """The open connection, or a new one (under ``memory_limit`` unless ``unbounded``)."""
         if self._con is not None:
             return self._con
         if self._observer:
@@ -205,15 +218,40 @@ class DuckDBSink(Sink):
         config: dict[str, Any] = {}
         if self.settings.threads is not None:
             config["threads"] = self.settings.threads
-        if self.settings.memory_limit is not None:
-            config["memory_limit"] = self.settings.memory_limit
-        with self._mapped("opening the working file"):
-            con = duckdb.connect(str(self.layout.working), config=config)
+        con = self._open(config, None if unbounded else self.settings.memory_limit)
         self._con = con
         with self._mapped("creating the checkpoint tables"):
             con.execute(SYSTEM_DDL)
             clean_leftovers(self.layout)
         return con
+
+    def _open(self, config: dict[str, Any], limit: str | None) -> duckdb.DuckDBPyConnection:
+        """Open the working file under ``limit``. Opening replays the WAL, which can hold a
+        block larger than the limit (a large document written without it, then a crash before
+        its checkpoint); that open runs once without the limit, which is set afterwards."""
+        path = str(self.layout.working)
+        if limit is not None:
+            try:
+                with self._mapped("opening the working file", passing=_OUT_OF_MEMORY):
+                    return duckdb.connect(path, config={**config, "memory_limit": limit})
+            except duckdb.OutOfMemoryException as exc:
+                self._over_limit("opening the working file (replaying its WAL)", exc)
+        with self._mapped("opening the working file"):
+            con = duckdb.connect(path, config=config)
+            if limit is not None:
+                con.execute(f"SET memory_limit = '{limit}'")
+        return con
+
+    def _over_limit(self, what: str, exc: duckdb.Error) -> None:
+        self.over_memory_limit += 1
+        log.warning(
+            "sink %s: %s needs more than memory_limit=%s (%s); it runs once without the "
+            "limit. Raise the sink's memory_limit if this repeats.",
+            self.name,
+            what,
+            self.settings.memory_limit,
+            str(exc).splitlines()[0],
+        )
 
     def _drop_connection(self) -> None:
         con, self._con = self._con, None
@@ -291,12 +329,18 @@ class DuckDBSink(Sink):
     def _publish(self) -> None:
         if not self.settings.publish_snapshots:
             return
-        con = self._connection()
         if self._sequence == 0:
             self._sequence = max((n for n, _ in self.layout.snapshots()), default=0)
         started = monotonic()
-        with self._mapped("publishing a snapshot"):
-            path = publish(con, self.layout, self._sequence + 1, self.settings.keep_snapshots)
+        sequence, keep = self._sequence + 1, self.settings.keep_snapshots
+
+        def checkpoint_and_copy(
+            con: duckdb.DuckDBPyConnection, passing: tuple[type[Exception], ...]
+        ) -> Path:
+            with self._mapped("publishing a snapshot", passing=passing):
+                return publish(con, self.layout, sequence, keep)
+
+        path = self._beyond_limit_once("publishing a snapshot", checkpoint_and_copy)
         self._sequence += 1
         self._published_at = monotonic()
         stats = self.publishing
@@ -384,17 +428,21 @@ class DuckDBSink(Sink):
         if not keys:
             return {}
 
-        def run() -> dict[str, StoredDocument]:
-            con = self._connection()
+        what = f"loading {len(keys)} documents from {tables.table}"
+
+        def fetch(con: duckdb.DuckDBPyConnection, passing: tuple[type[Exception], ...]) -> Any:
             wanted = pa.table({"key": pa.array(list(keys), type=pa.string())})
             with (
-                self._mapped(f"loading {len(keys)} documents from {tables.table}"),
+                self._mapped(what, passing=passing),
                 _registered(con, "projectionist_keys", wanted),
             ):
-                rows = con.execute(
+                return con.execute(
                     f"SELECT key, version, deleted, document FROM {quote_ident(tables.table)} "
                     "WHERE key IN (SELECT key FROM projectionist_keys)"
                 ).fetchall()
+
+        def run() -> dict[str, StoredDocument]:
+            rows = self._beyond_limit_once(what, fetch)
             return {
                 key: StoredDocument(int(version), None if deleted else jsontext.loads(document))
                 for key, version, deleted, document in rows
@@ -421,42 +469,52 @@ class DuckDBSink(Sink):
                 con.execute("COMMIT")
 
         def run() -> None:
-            con = self._connection()
-            try:
-                commit(con, (duckdb.OutOfMemoryException,) if self.settings.memory_limit else ())
-            except duckdb.OutOfMemoryException as exc:  # rolled back; once more, unbounded
-                with self._limit_lifted(con, batch, exc):
-                    commit(con, ())
+            self._beyond_limit_once(
+                f"lane {batch.lane}'s flush up to {batch.checkpoint}", commit
+            )  # an out-of-memory error rolled the transaction back; the retry starts afresh
             self.publishing.unpublished_writes += 1
             if self._publish_due(batch.catching_up):
                 self._publish_quietly()
 
         await self._run(run)
 
-    @contextlib.contextmanager
-    def _limit_lifted(
-        self, con: duckdb.DuckDBPyConnection, batch: Batch, exc: BaseException
-    ) -> Iterator[None]:
-        """DuckDB's own memory limit (80% of the RAM) for one flush that does not fit the
-        configured one (a document of tens of MiB), then the configured one again.
+    def _beyond_limit_once(
+        self,
+        what: str,
+        fn: Callable[[duckdb.DuckDBPyConnection, tuple[type[Exception], ...]], T],
+    ) -> T:
+        """``fn(connection, passing)`` under the configured ``memory_limit``; if DuckDB runs
+        out of memory there (a document of tens of MiB), once more under DuckDB's own limit
+        (80% of the RAM), then the configured one again.
 
-        The limit bounds DuckDB's cache; it must not stop a lane for good: an out-of-memory
-        error would come back at every retry of the same batch, so retrying it as it was
-        would stall the lane forever."""
-        self.over_memory_limit += 1
-        log.warning(
-            "sink %s: lane %s's flush up to %s needs more than memory_limit=%s (%s); it is "
-            "written once without the limit. Raise the sink's memory_limit if this repeats.",
-            self.name,
-            batch.lane,
-            batch.checkpoint,
-            self.settings.memory_limit,
-            str(exc).splitlines()[0],
-        )
-        with self._mapped("lifting memory_limit"):
-            con.execute("SET memory_limit = '80%'")
+        ``fn`` must let the exceptions in ``passing`` through untranslated and leave nothing
+        half-done when one is raised (a write runs in one transaction). The limit bounds
+        DuckDB's cache; it must not stop a lane for good: an out-of-memory error would come
+        back at every retry of the same call, so retrying it as it was would stall the lane
+        forever. A ``CHECKPOINT`` that cannot pin a block larger than the limit fails with a
+        fatal error that invalidates the database: the connection is then reopened without
+        the limit (DuckDB replays the WAL, so nothing committed is lost) before the retry.
+        Counted as ``calls_over_memory_limit`` and logged, so that a limit too small for the
+        documents shows."""
+        con = self._connection()
+        if self.settings.memory_limit is None:
+            return fn(con, ())
         try:
-            yield
+            return fn(con, (*_OUT_OF_MEMORY, duckdb.FatalException))
+        except (duckdb.OutOfMemoryException, duckdb.FatalException) as exc:
+            invalidated = isinstance(exc, duckdb.FatalException)
+            if invalidated and not _out_of_memory(exc):
+                with self._mapped(what):
+                    raise
+            self._over_limit(what, exc)
+        if invalidated:
+            self._drop_connection()
+            con = self._connection(unbounded=True)
+        else:
+            with self._mapped("lifting memory_limit"):
+                con.execute("SET memory_limit = '80%'")
+        try:
+            return fn(con, ())
         finally:
             try:
                 con.execute(f"SET memory_limit = '{self.settings.memory_limit}'")
@@ -531,7 +589,7 @@ class DuckDBSink(Sink):
             "snapshots_published": p.published,
             "unpublished_writes": p.unpublished_writes,
             "memory_limit": self.settings.memory_limit,
-            "flushes_over_memory_limit": self.over_memory_limit,
+            "calls_over_memory_limit": self.over_memory_limit,
             "last_publish_seconds": round(p.last_seconds, 4),
             "max_publish_seconds": round(p.max_seconds, 4),
             "publish_error": p.error,

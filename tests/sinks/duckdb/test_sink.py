@@ -154,46 +154,114 @@ async def test_tables_made_with_a_primary_key_take_the_same_writes(
     assert rows(db_path, "SELECT count(*) FROM things_g1") == [(3,)]
 
 
-@pytest.mark.parametrize(("given", "shown"), [(None, "47.6 MiB"), ("64MB", "61.0 MiB")])
-async def test_a_flush_too_big_for_memory_limit_is_written_without_it_once(
-    make_sink: SinkFactory, caplog: pytest.LogCaptureFixture, given: str | None, shown: str
+@pytest.mark.parametrize(
+    ("given", "shown", "load_over"), [(None, "23.8 MiB", 1), ("64MB", "61.0 MiB", 0)]
+)
+async def test_a_call_too_big_for_memory_limit_runs_without_it_once(
+    make_sink: SinkFactory,
+    caplog: pytest.LogCaptureFixture,
+    given: str | None,
+    shown: str,
+    load_over: int,
 ) -> None:
     """An out-of-memory error would come back at every retry of the same batch; the sink
-    writes that one flush under DuckDB's own limit, says so, and restores the configured one
-    (the default, 50MB, and a limit given)."""
+    runs that one flush (or load) under DuckDB's own limit, says so, and restores the
+    configured one (the default, 25MB, and a limit given). Reading a 20 MiB document back
+    needs a 32 MiB allocation: over the default, within 64MB."""
     sink = make_sink() if given is None else make_sink(memory_limit=given)
-    limit_name = given or "50MB"
+    limit_name = given or "25MB"
     t = target()
     await sink.prepare(t)
     big = {**thing("big", 1), "label": "x" * (20 * 1024 * 1024)}
     with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
         await sink.write(t, batch([PutDocument("big", 1, big)], None, Position(1, 1)))
-    assert f"needs more than memory_limit={limit_name}" in caplog.text
+    assert f"lane things@duckdb's flush up to 1/1 needs more than memory_limit={limit_name}" in (
+        caplog.text
+    )
     assert "snapshot not published" not in caplog.text
-    assert (await sink.describe())["flushes_over_memory_limit"] == 1
-    assert (await sink.load(t, ["big"]))["big"] == StoredDocument(1, big)
+    assert (await sink.describe())["calls_over_memory_limit"] == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
+        assert (await sink.load(t, ["big"]))["big"] == StoredDocument(1, big)
+    assert ("loading 1 documents from things_g1 needs more" in caplog.text) == bool(load_over)
+    assert (await sink.describe())["calls_over_memory_limit"] == 1 + load_over
     con = sink._connection()
     limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     assert limit == shown  # the configured limit again
     await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], Position(1, 1), Position(1, 2)))
-    assert (await sink.describe())["flushes_over_memory_limit"] == 1
+    assert (await sink.describe())["calls_over_memory_limit"] == 1 + load_over
+
+
+async def test_a_snapshot_checkpoint_too_big_for_memory_limit_runs_without_it_once(
+    make_sink: SinkFactory, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under 16MB a 20 MiB document fails the snapshot's CHECKPOINT as well as the flush
+    (DuckDB cannot pin a block larger than the limit); both run once without the limit, so
+    the snapshot is published and readers see the document."""
+    sink = make_sink(memory_limit="16MB")
+    t = target()
+    await sink.prepare(t)
+    big = {**thing("big", 1), "label": "x" * (20 * 1024 * 1024)}
+    with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
+        await sink.write(t, batch([PutDocument("big", 1, big)], None, Position(1, 1)))
+    assert "publishing a snapshot needs more than memory_limit=16MB" in caplog.text
+    assert "snapshot not published" not in caplog.text
+    facts = await sink.describe()
+    assert facts["calls_over_memory_limit"] == 2
+    assert facts["unpublished_writes"] == 0
+    assert rows(db_path, "SELECT length(label) FROM things") == [(20 * 1024 * 1024,)]
+    await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], Position(1, 1), Position(1, 2)))
+    assert rows(db_path, "SELECT count(*) FROM things") == [(2,)]
+    # its checkpoint rewrites the big document's row group: over the limit again, and published
+    assert (await sink.describe())["calls_over_memory_limit"] == 3
+    con = sink._connection()
+    assert con.execute("SELECT current_setting('memory_limit')").fetchall() == [("15.2 MiB",)]
+
+
+async def test_a_wal_too_big_for_memory_limit_is_replayed_without_it_once(
+    make_sink: SinkFactory, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash after a large document was written without the limit, before its checkpoint,
+    leaves a WAL whose replay needs more than the limit: opening the file under it fails
+    every time, which would stall the lane for good. The sink opens it once without the
+    limit, then sets the limit."""
+    sink = make_sink(memory_limit="16MB")
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], None, Position(1, 1)))
+    await sink.close()
+    working = sink.layout.working
+    crashed = duckdb.connect(str(working), config={"checkpoint_threshold": "1GB"})
+    crashed.execute("PRAGMA disable_checkpoint_on_shutdown")
+    crashed.execute("CREATE TABLE big AS SELECT repeat('x', 20 * 1024 * 1024) AS label")
+    crashed.close()
+    assert sink.layout.wal.stat().st_size > 20 * 1024 * 1024  # the crash left it unreplayed
+    with pytest.raises(duckdb.OutOfMemoryException, match="replaying WAL"):
+        duckdb.connect(str(working), config={"memory_limit": "16MB"})
+    reopened = make_sink(memory_limit="16MB")
+    with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
+        assert (await reopened.read_checkpoint(t)) == Position(1, 1)
+    assert "opening the working file (replaying its WAL) needs more than" in caplog.text
+    assert (await reopened.describe())["calls_over_memory_limit"] == 1
+    con = reopened._connection()
+    assert con.execute("SELECT current_setting('memory_limit')").fetchall() == [("15.2 MiB",)]
 
 
 async def test_the_cache_is_bounded_by_default_and_can_be_given_back(
     make_sink: SinkFactory,
 ) -> None:
     """Decision 0012: without a limit DuckDB caches the tables up to 80% of the RAM, and the
-    runner grows with the history; the sink sets 50MB unless told otherwise."""
+    runner grows with the history; the sink sets 25MB unless told otherwise."""
     sink = make_sink()
     await sink.prepare(target())
     setting = "SELECT current_setting('memory_limit')"
-    assert sink._connection().execute(setting).fetchall() == [("47.6 MiB",)]  # 50MB
-    assert (await sink.describe())["memory_limit"] == "50MB"
+    assert sink._connection().execute(setting).fetchall() == [("23.8 MiB",)]  # 25MB
+    assert (await sink.describe())["memory_limit"] == "25MB"
     await sink.close()
     unbounded = make_sink(memory_limit="80%")
     await unbounded.prepare(target())
     found = unbounded._connection().execute(setting).fetchall()[0][0]
-    assert found.endswith("GiB") or float(found.split()[0]) > 47.6, found
+    assert found.endswith("GiB") or float(found.split()[0]) > 23.8, found
 
 
 def test_a_failed_statement_is_reported_not_the_aborted_transaction() -> None:

@@ -171,7 +171,7 @@ def test_factory_takes_the_path_from_settings_or_options(tmp_path: Path) -> None
 
 def test_memory_limit_is_checked_when_read(tmp_path: Path) -> None:
     settings = SimpleNamespace(duckdb_path=tmp_path / "a.duckdb")
-    assert create_sink("x", settings, {}).settings.memory_limit == "50MB"  # decision 0012
+    assert create_sink("x", settings, {}).settings.memory_limit == "25MB"  # decision 0012
     for fine in ("2GB", "512 MiB", "10%", None):
         assert create_sink("x", settings, {"memory_limit": fine}).settings.memory_limit == fine
     for bad, why in [("100", "with its unit"), ("150%", "share"), ("8MB", "at least")]:
