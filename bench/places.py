@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import asyncpg
 from elasticsearch import AsyncElasticsearch
 from redis.asyncio import Redis
 
-__all__ = ("Services", "Where", "clear")
+__all__ = ("AnotherRun", "Services", "Where", "clear", "one_run_at_a_time")
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,35 @@ async def clear(where: Where, services: Services) -> None:
         await es.close()
     if where.folder.exists():
         shutil.rmtree(where.folder, ignore_errors=True)
+
+
+RUN_LOCK = "projectionist-bench"
+"""The Postgres advisory lock a run holds: its namespaces (``bench_all``, ``bench_log``, ...)
+are fixed, so two runs on one set of services would drop each other's read models."""
+
+
+class AnotherRun(SystemExit):
+    """Another run holds :data:`RUN_LOCK` on these services."""
+
+
+@asynccontextmanager
+async def one_run_at_a_time(dsn: str) -> AsyncIterator[None]:
+    """Hold :data:`RUN_LOCK` for the whole run, on a connection of its own (a session-level
+    advisory lock, released when the run ends or its process dies); raise
+    :class:`AnotherRun` at once if another run holds it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", RUN_LOCK):
+            holder = await conn.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND (classid::bigint << 32 | objid::bigint) = hashtext($1)",
+                RUN_LOCK,
+            )
+            raise AnotherRun(
+                f"another bench/run.py is running on these services (the Postgres backend of "
+                f"pid {holder} holds the advisory lock {RUN_LOCK!r}); both write under the same "
+                "names, so wait for it to finish or stop it"
+            )
+        yield
+    finally:
+        await conn.close()  # releases the lock

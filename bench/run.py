@@ -50,7 +50,7 @@ from bench import (  # noqa: E402
 )
 from bench.history import BenchLog, drop_log, open_log  # noqa: E402
 from bench.lanes import LANES  # noqa: E402
-from bench.places import Services, Where, clear  # noqa: E402
+from bench.places import Services, Where, clear, one_run_at_a_time  # noqa: E402
 from bench.report import check_targets, load_average, machine, render, versions  # noqa: E402
 
 PARTS = ("catchup", "naive", "fanout", "eventlog", "freshness")
@@ -221,6 +221,11 @@ async def run_part(result: dict[str, Any], part: str, work: Callable[[], Awaitab
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     services = Services.from_environment()
     services = replace(services, duckdb_memory_limit=args.duckdb_memory_limit)
+    async with one_run_at_a_time(services.dsn):
+        return await _run(args, services)
+
+
+async def _run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="projectionist-bench-"))
     result: dict[str, Any] = {
         "command": " ".join(["bench/run.py", *sys.argv[1:]]),
