@@ -246,6 +246,17 @@ def _baselines(result: dict[str, Any], console: Console) -> None:
             f"<= {FAN_OUT_RATIO}",
             _mark(fan["ratio"] <= FAN_OUT_RATIO),
         )
+        used = fan["all"].get("cpu")
+        if used:
+            table.add_row(
+                "all lanes: the machine's busy CPU / cores",
+                f"{_n(used['floor_s'], 1)} s",
+                f"busy {used['machine_busy_share']:.0%}; CPU s: "
+                + ", ".join(f"{k} {_n(v, 1)}" for k, v in used["cpu_s"].items()),
+                _n(used["floor_s"] / alone["seconds"], 2),
+                "-",
+                "",
+            )
         rss = fan["all"]["peak_rss_mb"]
         early = fan["all"].get("peak_rss_mb_by_100k")
         table.add_row(

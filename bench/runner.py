@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from bench import cpu
 from bench.history import BenchLog
 from bench.lanes import LANES, lane_options
 from bench.places import Services, Where
@@ -177,6 +178,7 @@ async def rebuild(
     """``projectionist run --until-caught-up [--processes N]`` from empty targets: seconds,
     peak RSS, and the memory/progress samples. Raises if the runner fails."""
     started = time.perf_counter()
+    cpu_before = cpu.snapshot()
     args = ["run", "--until-caught-up"]
     if processes > 1:
         args += ["--processes", str(processes)]
@@ -211,12 +213,14 @@ async def rebuild(
     finally:
         if proc.launcher.poll() is None:
             await stop(proc, timeout=5)
+    used = cpu.between(cpu_before, cpu.snapshot())  # the launcher (and so the runner) reaped
     if proc.launcher.returncode != 0:
         raise RuntimeError(f"the runner exited with {proc.launcher.returncode}: {_tail(stderr)}")
     if processes == 1:
-        return _summary(seconds, proc.peak_rss_mb(), samples, log.events)
+        return {**_summary(seconds, proc.peak_rss_mb(), samples, log.events), "cpu": used}
     peaks = _runner_peaks(stderr)
     out = _summary(seconds, own_peak + sum(peaks), samples, log.events)
+    out["cpu"] = used
     out["processes"] = processes
     out["runner_peak_rss_mb"] = peaks
     out["supervisor_peak_rss_mb"] = round(own_peak, 1)

@@ -50,7 +50,7 @@ class DuckDBSinkSettings(BaseModel):
     default. DuckDB caches the tables' blocks up to it (what does not fit is read back from the
     working file), so without a limit the runner grows with the analytics tables: at
     1,000,000 events the five reference lanes in one runner peaked at 467-497 MB without it,
-    356-368 MB with ``"100MB"``, 311-313 MB with ``"50MB"`` and 285-288 MB with ``"25MB"``
+    356-368 MB with ``"100MB"``, 311-313 MB with ``"50MB"`` and 285-292 MB with ``"25MB"``
     (decision 0012). A flush, load or checkpoint that does not fit the limit (a document of
     tens of MiB) runs once without it, with a warning (see :class:`~sinks.duckdb.DuckDBSink`)."""
 
