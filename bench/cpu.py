@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ("CpuSnapshot", "between", "snapshot")
+__all__ = ("CpuSnapshot", "between", "process_cpu_s", "snapshot")
 
 _SERVICES = {"postgres": "postgres", "java": "elasticsearch", "redis-server": "redis"}
 """Process names (``comm``) of the stores' servers."""
@@ -45,21 +45,33 @@ def _machine() -> tuple[float, float]:
     return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
 
 
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """The name (``comm``) and the fields after it in ``/proc/<pid>/stat``; ``None`` if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+
+
+def _cpu(fields: list[str], reaped: bool) -> float:
+    used = fields[11:15] if reaped else fields[11:13]  # utime stime [cutime cstime]
+    return sum(int(f) for f in used) / _TICK
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far; ``None`` once it has gone."""
+    found = _stat(pid)
+    return None if found is None else _cpu(found[1], reaped=False)
+
+
 def _services() -> dict[str, float]:
     out = dict.fromkeys(_SERVICES.values(), 0.0)
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        service = _SERVICES.get(name)
-        if service is None:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        out[service] += sum(int(f) for f in fields[11:15]) / _TICK  # utime stime cutime cstime
+        found = _stat(entry.name) if entry.name.isdigit() else None
+        service = None if found is None else _SERVICES.get(found[0])
+        if found is not None and service is not None:
+            out[service] += _cpu(found[1], reaped=True)
     return out
 
 

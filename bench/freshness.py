@@ -26,7 +26,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,6 +33,7 @@ import asyncpg
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 from redis.asyncio import Redis
 
+from bench import cpu
 from bench.history import BenchLog, orders_for
 from bench.places import Services, Where
 from bench.runner import children, start, stop
@@ -154,14 +154,7 @@ class Readers:
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds so far of ``pid`` and of its children (the runners of a
     ``run --processes N`` supervisor); 0 for a process that has gone."""
-    total = 0.0
-    for one in (pid, *children(pid)):
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / 100
-    return total
+    return sum(cpu.process_cpu_s(one) or 0.0 for one in (pid, *children(pid)))
 
 
 async def _write(store: PostgresEventStore, watches: list[Watch], rate: float, seconds: float,
