@@ -69,6 +69,23 @@ class LaneCollector(Collector):
             for st in LaneState:
                 state.add_metric([lane.name, st.value], 1.0 if lane.state is st else 0.0)
         yield from (events, batches, retries, parked, latency, state)
+        yield from _sink_counters(self.app)
+
+
+def _sink_counters(app: App) -> Iterator[Metric]:
+    """``projectionist_sink_<name>{sink=...}`` for every number a lane's sink reports
+    (:meth:`core.sink.Sink.counters`), each sink once however many lanes share it."""
+    families: dict[str, GaugeMetricFamily] = {}
+    sinks = {id(lane.sink): lane.sink for lane in app.lanes}
+    for sink in sinks.values():
+        for name, (value, about) in sink.counters().items():
+            family = families.get(name)
+            if family is None:
+                family = families[name] = GaugeMetricFamily(
+                    f"projectionist_sink_{name}", about, labels=["sink"]
+                )
+            family.add_metric([sink.name], value)
+    yield from families.values()
 
 
 def _checks(app: App) -> dict[str, tuple[int, bytes]]:

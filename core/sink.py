@@ -141,3 +141,9 @@ class Sink(ABC):
     async def describe(self) -> dict[str, Any]:
         """Non-secret facts for ``status`` (server version, address without credentials)."""
         return {"kind": self.kind, "name": self.name}
+
+    def counters(self) -> dict[str, tuple[float, str]]:
+        """Numbers for the metrics endpoint, by name: (value, one-line help). Read at scrape
+        time from the endpoint's thread, so only plain attribute reads, no I/O. Each becomes
+        the gauge ``projectionist_sink_<name>`` labelled with the sink's name. Default: none."""
+        return {}

@@ -574,6 +574,22 @@ class DuckDBSink(Sink):
         if commit:
             con.execute("COMMIT")
 
+    def counters(self) -> dict[str, tuple[float, str]]:
+        p = self.publishing
+        return {
+            "snapshots_published": (p.published, "Snapshots published since the sink opened"),
+            "unpublished_writes": (
+                p.unpublished_writes,
+                "Committed writes that readers do not see yet (no snapshot published since)",
+            ),
+            "publish_seconds_max": (p.max_seconds, "Longest snapshot publish, seconds"),
+            "calls_over_memory_limit": (
+                self.over_memory_limit,
+                "Calls run once without memory_limit because they did not fit it; if this "
+                "grows, raise the sink's memory_limit",
+            ),
+        }
+
     async def describe(self) -> dict[str, Any]:
         """The files and DuckDB's version; opened with :meth:`open_observer` (``status``),
         the published snapshot and its age, else this process's publishing counters."""

@@ -81,3 +81,21 @@ def test_metrics_health_and_readiness(served: tuple[int, Lane]) -> None:
     assert _get(port, "/readyz") == (200, "ready\n")
     lane.state = LaneState.HALTED
     assert _get(port, "/readyz")[0] == 503
+
+
+class _CountingSink(InMemorySink):
+    def counters(self) -> dict[str, tuple[float, str]]:
+        return {"calls_over_memory_limit": (2, "Calls run once without the limit")}
+
+
+def test_a_sinks_counters_are_gauges_labelled_by_sink_once_per_sink() -> None:
+    """Two lanes writing to one sink: its numbers appear once, under the sink's name."""
+    sink, store = _CountingSink(name="analytics"), InMemoryEventStore()
+    lanes = [Lane(TallyProjection(), sink, store), Lane(TallyProjection(), sink, store)]
+    port = _free_port()
+    app: Any = SimpleNamespace(lanes=lanes, last_report=None)
+    serve_metrics(app, port)
+    body = _get(port, "/metrics")[1]
+    assert "# HELP projectionist_sink_calls_over_memory_limit Calls run once" in body
+    line = 'projectionist_sink_calls_over_memory_limit{sink="analytics"} 2.0'
+    assert body.count(line) == 1

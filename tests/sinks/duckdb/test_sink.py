@@ -190,6 +190,7 @@ async def test_a_call_too_big_for_memory_limit_runs_without_it_once(
     assert limit == shown  # the configured limit again
     await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], Position(1, 1), Position(1, 2)))
     assert (await sink.describe())["calls_over_memory_limit"] == 1 + load_over
+    assert sink.counters()["calls_over_memory_limit"][0] == 1 + load_over  # a metric too
 
 
 async def test_a_snapshot_checkpoint_too_big_for_memory_limit_runs_without_it_once(
