@@ -68,14 +68,21 @@ _WRITE_CHECKPOINT = (
 )
 
 
-_OUT_OF_MEMORY: tuple[type[Exception], ...] = (duckdb.OutOfMemoryException,)
-
-
-def _out_of_memory(exc: duckdb.Error) -> bool:
-    """A fatal error that is DuckDB running out of memory (a checkpoint that cannot pin a
-    block larger than ``memory_limit``), not a broken file."""
+def _over_limit(exc: BaseException) -> bool:
+    """DuckDB ran out of memory under ``memory_limit``: an out-of-memory error, or a fatal or
+    transaction error whose cause is a block larger than the limit (a checkpoint, or the one
+    ``COMMIT`` runs once the WAL passes its threshold), not a broken file or a conflict."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return True
+    if not isinstance(exc, duckdb.FatalException | duckdb.TransactionException):
+        return False
     text = str(exc).lower()
     return any(m in text for m in ("failed to pin", "could not allocate", "failed to allocate"))
+
+
+def _durable(exc: BaseException) -> bool:
+    """DuckDB's fatal error after a ``COMMIT`` that succeeded, whose autocheckpoint failed."""
+    return isinstance(exc, duckdb.FatalException) and "succeeded and is durable" in str(exc)
 
 
 @contextlib.contextmanager
@@ -164,14 +171,16 @@ class DuckDBSink(Sink):
 
     @contextlib.contextmanager
     def _mapped(
-        self, what: str, *, in_commit: bool = False, passing: tuple[type[Exception], ...] = ()
+        self, what: str, *, in_commit: bool = False, over_limit_passes: bool = False
     ) -> Iterator[None]:
-        """Translate driver errors (but ``passing``, raised as they are) at the boundary."""
+        """Translate driver errors at the boundary; with ``over_limit_passes``, errors of
+        running out of memory under the limit are raised as they are (for
+        :meth:`_beyond_limit_once`)."""
         try:
             yield
-        except passing:
-            raise
         except (duckdb.Error, OSError) as exc:
+            if over_limit_passes and _over_limit(exc):
+                raise
             error = translate_duckdb_error(exc, what, self.layout.working, in_commit=in_commit)
             if isinstance(error, TransientError):
                 self._drop_connection()
@@ -232,9 +241,9 @@ class DuckDBSink(Sink):
         path = str(self.layout.working)
         if limit is not None:
             try:
-                with self._mapped("opening the working file", passing=_OUT_OF_MEMORY):
+                with self._mapped("opening the working file", over_limit_passes=True):
                     return duckdb.connect(path, config={**config, "memory_limit": limit})
-            except duckdb.OutOfMemoryException as exc:
+            except duckdb.Error as exc:  # only errors of the limit come through
                 self._over_limit("opening the working file (replaying its WAL)", exc)
         with self._mapped("opening the working file"):
             con = duckdb.connect(path, config=config)
@@ -334,10 +343,8 @@ class DuckDBSink(Sink):
         started = monotonic()
         sequence, keep = self._sequence + 1, self.settings.keep_snapshots
 
-        def checkpoint_and_copy(
-            con: duckdb.DuckDBPyConnection, passing: tuple[type[Exception], ...]
-        ) -> Path:
-            with self._mapped("publishing a snapshot", passing=passing):
+        def checkpoint_and_copy(con: duckdb.DuckDBPyConnection, over_limit_passes: bool) -> Path:
+            with self._mapped("publishing a snapshot", over_limit_passes=over_limit_passes):
                 return publish(con, self.layout, sequence, keep)
 
         path = self._beyond_limit_once("publishing a snapshot", checkpoint_and_copy)
@@ -430,10 +437,10 @@ class DuckDBSink(Sink):
 
         what = f"loading {len(keys)} documents from {tables.table}"
 
-        def fetch(con: duckdb.DuckDBPyConnection, passing: tuple[type[Exception], ...]) -> Any:
+        def fetch(con: duckdb.DuckDBPyConnection, over_limit_passes: bool) -> Any:
             wanted = pa.table({"key": pa.array(list(keys), type=pa.string())})
             with (
-                self._mapped(what, passing=passing),
+                self._mapped(what, over_limit_passes=over_limit_passes),
                 _registered(con, "projectionist_keys", wanted),
             ):
                 return con.execute(
@@ -454,9 +461,12 @@ class DuckDBSink(Sink):
         tables = table_set(target)
         ops = dedupe(batch.operations)
 
-        def commit(con: duckdb.DuckDBPyConnection, passing: tuple[type[Exception], ...]) -> None:
+        def commit(con: duckdb.DuckDBPyConnection, over_limit_passes: bool) -> None:
             what = f"writing lane {batch.lane!r} up to {batch.checkpoint}"
-            with self._mapped(what, passing=passing), self._transaction(con, commit=False):
+            with (
+                self._mapped(what, over_limit_passes=over_limit_passes),
+                self._transaction(con, commit=False),
+            ):
                 found = _checkpoint(con, batch.lane, target.generation)
                 if found != batch.expected_checkpoint:
                     raise CheckpointConflict(batch.lane, batch.expected_checkpoint, found)
@@ -465,8 +475,16 @@ class DuckDBSink(Sink):
                 con.execute("DROP TABLE IF EXISTS temp.projectionist_winners")
                 position = [batch.lane, target.generation, *batch.checkpoint]
                 con.execute(_WRITE_CHECKPOINT, position)
-            with self._mapped(what + " (COMMIT)", in_commit=True):
-                con.execute("COMMIT")
+            try:
+                with self._mapped(
+                    what + " (COMMIT)", in_commit=True, over_limit_passes=over_limit_passes
+                ):
+                    con.execute("COMMIT")
+            except duckdb.FatalException as exc:
+                if not _durable(exc):
+                    raise  # over the limit: rolled back, and retried without it
+                self._over_limit(f"lane {batch.lane}'s autocheckpoint after COMMIT", exc)
+                self._drop_connection()  # invalidated: the next call reopens, replaying the WAL
 
         def run() -> None:
             self._beyond_limit_once(
@@ -479,33 +497,30 @@ class DuckDBSink(Sink):
         await self._run(run)
 
     def _beyond_limit_once(
-        self,
-        what: str,
-        fn: Callable[[duckdb.DuckDBPyConnection, tuple[type[Exception], ...]], T],
+        self, what: str, fn: Callable[[duckdb.DuckDBPyConnection, bool], T]
     ) -> T:
-        """``fn(connection, passing)`` under the configured ``memory_limit``; if DuckDB runs
-        out of memory there (a document of tens of MiB), once more under DuckDB's own limit
-        (80% of the RAM), then the configured one again.
+        """``fn(connection, over_limit_passes)`` under the configured ``memory_limit``; if
+        DuckDB runs out of memory there (a document of tens of MiB), once more under DuckDB's
+        own limit (80% of the RAM), then the configured one again.
 
-        ``fn`` must let the exceptions in ``passing`` through untranslated and leave nothing
-        half-done when one is raised (a write runs in one transaction). The limit bounds
-        DuckDB's cache; it must not stop a lane for good: an out-of-memory error would come
-        back at every retry of the same call, so retrying it as it was would stall the lane
-        forever. A ``CHECKPOINT`` that cannot pin a block larger than the limit fails with a
-        fatal error that invalidates the database: the connection is then reopened without
-        the limit (DuckDB replays the WAL, so nothing committed is lost) before the retry.
-        Counted as ``calls_over_memory_limit`` and logged, so that a limit too small for the
-        documents shows."""
+        ``fn`` must map its driver errors with ``over_limit_passes`` (:meth:`_mapped`), so
+        that only errors of the limit reach this method untranslated, and leave nothing
+        half-done when one is raised (a write runs in one transaction, which DuckDB rolls
+        back when its ``COMMIT`` fails). The limit bounds DuckDB's cache; it must not stop a
+        lane for good: such an error would come back at every retry of the same call, so
+        retrying it as it was would stall the lane forever. A ``CHECKPOINT`` that cannot pin
+        a block larger than the limit fails with a fatal error that invalidates the
+        database: the connection is then reopened without the limit (DuckDB replays the WAL,
+        so nothing committed is lost) before the retry. Counted as
+        ``calls_over_memory_limit`` and logged, so that a limit too small for the documents
+        shows."""
         con = self._connection()
         if self.settings.memory_limit is None:
-            return fn(con, ())
+            return fn(con, False)
         try:
-            return fn(con, (*_OUT_OF_MEMORY, duckdb.FatalException))
-        except (duckdb.OutOfMemoryException, duckdb.FatalException) as exc:
+            return fn(con, True)
+        except duckdb.Error as exc:  # only errors of the limit come through fn untranslated
             invalidated = isinstance(exc, duckdb.FatalException)
-            if invalidated and not _out_of_memory(exc):
-                with self._mapped(what):
-                    raise
             self._over_limit(what, exc)
         if invalidated:
             self._drop_connection()
@@ -514,7 +529,7 @@ class DuckDBSink(Sink):
             with self._mapped("lifting memory_limit"):
                 con.execute("SET memory_limit = '80%'")
         try:
-            return fn(con, ())
+            return fn(con, False)
         finally:
             try:
                 con.execute(f"SET memory_limit = '{self.settings.memory_limit}'")

@@ -219,6 +219,82 @@ async def test_a_snapshot_checkpoint_too_big_for_memory_limit_runs_without_it_on
     assert con.execute("SELECT current_setting('memory_limit')").fetchall() == [("15.2 MiB",)]
 
 
+async def test_a_commit_too_big_for_memory_limit_is_retried_without_it_and_loses_nothing(
+    make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a block larger than the limit in the file, ``COMMIT`` can fail for memory (its
+    autocheckpoint once the WAL passes DuckDB's threshold): DuckDB rolls the transaction
+    back, and the same batch would fail at every retry. The sink runs it once without the
+    limit, so every write lands. Snapshots off after the first write, so nothing but the
+    commits checkpoints (as while a lane catches up between publishes)."""
+    first = make_sink(memory_limit="16MB")  # publishes, so the big document is checkpointed
+    t = target()
+    await first.prepare(t)
+    big = {**thing("big", 1), "label": "x" * (20 * 1024 * 1024)}
+    await first.write(t, batch([PutDocument("big", 1, big)], None, Position(1, 1)))
+    await first.close()
+    sink = make_sink(memory_limit="16MB", publish_snapshots=False)
+    caplog.clear()
+    done = Position(1, 1)
+    with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
+        for n in range(2, 22):  # 1 MiB a write: the WAL passes 16 MiB
+            docs = [
+                PutDocument(f"m{n}-{i}", 1, {**thing(f"m{n}-{i}", 1), "label": "y" * 65_536})
+                for i in range(16)
+            ]
+            await sink.write(t, batch(docs, done, Position(1, n)))
+            done = Position(1, n)
+    assert "needs more than memory_limit=16MB (TransactionContext Error: Failed to commit" in (
+        caplog.text
+    )
+    assert await sink.read_checkpoint(t) == done
+    keys = ["big"] + [f"m{n}-{i}" for n in range(2, 22) for i in range(16)]
+    stored = await sink.load(t, keys)
+    assert len(stored) == len(keys)
+    assert stored["big"] == StoredDocument(1, big)
+
+
+class _DurableButFatalCommit:
+    """The working connection, but its next ``COMMIT`` commits and then raises DuckDB's fatal
+    error for a failed autocheckpoint (seen with a raw connection: checkpoint_threshold 1MB,
+    a 20 MiB block, 16MB; the sink's own workload fails earlier, with a rolled-back commit)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        out = self.con.execute(sql, *args)
+        if sql == "COMMIT":
+            raise duckdb.FatalException(
+                "FATAL Error: Transaction COMMIT succeeded and is durable, but the "
+                "autocheckpoint failed. Reopen the database instance to recover. Failed to "
+                "create checkpoint because of error: failed to pin block of size 20.0 MiB"
+            )
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+async def test_a_commit_durable_before_a_fatal_autocheckpoint_counts_as_written(
+    make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """That fatal error comes after the data is durable: writing the batch again would find
+    its own checkpoint and stop the lane with a conflict. The sink takes the write as done,
+    counts it, drops the invalidated connection, and the next call reopens the file."""
+    sink = make_sink(memory_limit="16MB", publish_snapshots=False)
+    t = target()
+    await sink.prepare(t)
+    sink._con = _DurableButFatalCommit(sink._connection())  # type: ignore[assignment]
+    with caplog.at_level("WARNING", logger="projectionist.sink.duckdb"):
+        await sink.write(t, batch([PutDocument("a", 1, thing("a", 1))], None, Position(1, 1)))
+    assert "lane things@duckdb's autocheckpoint after COMMIT needs more than" in caplog.text
+    assert sink._con is None  # dropped: DuckDB invalidated it
+    assert (await sink.describe())["calls_over_memory_limit"] == 1
+    assert await sink.read_checkpoint(t) == Position(1, 1)
+    assert (await sink.load(t, ["a"]))["a"] == StoredDocument(1, thing("a", 1))
+
+
 async def test_a_wal_too_big_for_memory_limit_is_replayed_without_it_once(
     make_sink: SinkFactory, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
