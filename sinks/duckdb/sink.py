@@ -68,7 +68,7 @@ _WRITE_CHECKPOINT = (
 )
 
 
-def _over_limit(exc: BaseException) -> bool:
+def _hit_the_limit(exc: BaseException) -> bool:
     """DuckDB ran out of memory under ``memory_limit``: an out-of-memory error, or a fatal or
     transaction error whose cause is a block larger than the limit (a checkpoint, or the one
     ``COMMIT`` runs once the WAL passes its threshold), not a broken file or a conflict."""
@@ -179,7 +179,7 @@ class DuckDBSink(Sink):
         try:
             yield
         except (duckdb.Error, OSError) as exc:
-            if over_limit_passes and _over_limit(exc):
+            if over_limit_passes and _hit_the_limit(exc):
                 raise
             error = translate_duckdb_error(exc, what, self.layout.working, in_commit=in_commit)
             if isinstance(error, TransientError):
@@ -252,6 +252,7 @@ class DuckDBSink(Sink):
         return con
 
     def _over_limit(self, what: str, exc: duckdb.Error) -> None:
+        """Count and log a call that ran out of memory under the limit (it runs once without)."""
         self.over_memory_limit += 1
         log.warning(
             "sink %s: %s needs more than memory_limit=%s (%s); it runs once without the "
