@@ -124,6 +124,10 @@ class SharedLog:
         index = bisect.bisect_right(self._keys, after)
         return self._events[index : index + limit]
 
+    def _held_after(self, after: Position) -> int:
+        """How many of the window's events come after ``after`` (no copy of them)."""
+        return len(self._keys) - bisect.bisect_right(self._keys, after)
+
     async def read(
         self, after: Position, limit: int, reader: int | None = None
     ) -> list[EventEnvelope]:
@@ -242,7 +246,7 @@ class SharedLog:
             async with self._lock:
                 if self._last > begun and self._last_reached_head:
                     return False
-                if self._covers(after) and len(self._from_window(after, limit)) >= limit:
+                if self._covers(after) and self._held_after(after) >= limit:
                     return True  # another reader's extension brought it meanwhile
                 if not self._covers(after):
                     if self._active(exclude=reader):
