@@ -1,19 +1,38 @@
-"""JSON text decoding on the hot paths: orjson, with the standard library as the fallback.
+"""JSON text on the hot paths: orjson, with the standard library deciding every case where the
+two would differ.
 
 :func:`loads` returns what :func:`json.loads` returns for every text both accept; orjson is
 about four times faster on event payloads. Where orjson refuses a text the standard library
 accepts (an integer past 64 bits, a lone surrogate escape, nesting past orjson's limit), the
 standard library decides, so the result never depends on which parser ran.
+
+:func:`dumps` is ``json.dumps(value, ensure_ascii=False, allow_nan=False,
+separators=(",", ":")).encode()``, about three times faster on a read model's documents
+(decision 0014). orjson alone would differ in what it accepts: it writes NaN and the
+infinities as ``null`` where the standard library refuses them, and it encodes datetimes,
+UUIDs, enums and dataclasses that the standard library refuses. So orjson only encodes a value
+made of nothing but dicts, lists, tuples, strings, integers, booleans, ``None`` and finite
+floats, the exact types (one pass over the value checks it); anything else, and anything
+orjson refuses (an integer past 64 bits, a non-string key, a lone surrogate, nesting past
+orjson's limit), goes to the standard library, which encodes it or raises as it always did.
+The one visible difference is the spelling of some floats (``1e16`` against ``1e+16``): the
+same number.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-__all__ = ("loads",)
+__all__ = ("dumps", "loads")
+
+_STDLIB = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_LEAVES = frozenset((str, int, bool, type(None)))
+_isfinite = math.isfinite
 
 
 def loads(text: str | bytes) -> Any:
@@ -22,3 +41,52 @@ def loads(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON of ``value``; raises :class:`TypeError` for a type JSON has no
+    spelling for, :class:`ValueError` for NaN or an infinity or a circular reference, and
+    :class:`RecursionError` for nesting deeper than the interpreter follows, as
+    :func:`json.dumps` does."""
+    try:
+        plain = _plain(value)
+    except RecursionError:
+        plain = False
+    if plain:
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            pass
+    return _STDLIB.encode(value).encode()
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` holds only the exact types orjson and the standard library encode
+    alike (finite floats only)."""
+    kind = type(value)
+    if kind is dict:
+        return _all_plain(value.values())
+    if kind is list or kind is tuple:
+        return _all_plain(value)
+    if kind is float:
+        return _isfinite(value)
+    return kind in _LEAVES
+
+
+def _all_plain(values: Iterable[Any]) -> bool:
+    for item in values:
+        kind = type(item)
+        if kind in _LEAVES:
+            continue
+        if kind is dict:
+            if not _all_plain(item.values()):
+                return False
+        elif kind is list or kind is tuple:
+            if not _all_plain(item):
+                return False
+        elif kind is float:
+            if not _isfinite(item):
+                return False
+        else:
+            return False
+    return True

@@ -10,7 +10,6 @@ runs. Tombstones carry ``NULL`` fields and no child rows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -19,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from core import jsontext
 from core.errors import ConfigurationError, DocumentRejected
 from core.operations import DeleteDocument, Operation, PutDocument
 from core.schema import ChildTable, Field, FieldType
@@ -36,7 +36,8 @@ class _Refused(ValueError):
 
 
 def json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """Compact JSON text (:func:`core.jsontext.dumps`); raises as :func:`json.dumps` does."""
+    return jsontext.dumps(value).decode()
 
 
 def _text(v: Any) -> str:
@@ -104,7 +105,7 @@ def _boolean(v: Any) -> bool:
 def _json(v: Any) -> str:
     try:
         return json_text(v)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise _Refused(f"not JSON: {exc}") from None
 
 
@@ -197,7 +198,7 @@ class Encoded:
         for key, doc in zip(keys, docs, strict=True):
             try:
                 texts.append(None if doc is None else json_text(doc))
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise DocumentRejected(key, f"the document is not JSON: {exc}") from None
         arrays: dict[str, pa.Array] = {
             "key": pa.array(keys, type=pa.string()),

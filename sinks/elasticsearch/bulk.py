@@ -10,13 +10,13 @@ every other item is resolved; anything else fails the write for good.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from core import jsontext
 from core.errors import PermanentError, StoreUnavailable
 from core.operations import DeleteDocument, Operation, PutDocument
 from core.retry import Backoff
@@ -34,7 +34,7 @@ MAX_ID_BYTES = 512
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsontext.dumps(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,13 @@ SQL runs. Tombstones carry ``NULL`` in every field column.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from core import jsontext
 from core.errors import ConfigurationError, DocumentRejected
 from core.operations import DeleteDocument, Operation, PutDocument
 from core.schema import Field, FieldType
@@ -29,14 +29,12 @@ class _Refused(ValueError):
     """A value the column cannot hold; becomes DocumentRejected with key and field."""
 
 
-_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-
-
 def json_text(value: Any) -> str:
-    """Compact JSON text; refuses NaN, infinities and non-JSON types."""
+    """Compact JSON text (:func:`core.jsontext.dumps`); refuses NaN, infinities, non-JSON
+    types and nesting deeper than the interpreter follows."""
     try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+        return jsontext.dumps(value).decode()
+    except (TypeError, ValueError, RecursionError) as exc:
         raise _Refused(f"not JSON: {exc}") from None
 
 

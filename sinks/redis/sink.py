@@ -17,7 +17,6 @@ Guarantees (see docs/sinks/redis.md):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -365,7 +364,6 @@ def _text(raw: bytes | str) -> str:
 
 def _dumps(key: str, document: dict[str, Any]) -> bytes:
     try:
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return jsontext.dumps(document)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise DocumentRejected(key, f"not JSON-ready: {exc}") from None
-    return text.encode()

@@ -1,0 +1,114 @@
+"""core.jsontext.dumps: the bytes json.dumps would give (as the same JSON value), the same
+refusals, whichever encoder ran."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core import jsontext
+
+
+def _stdlib(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(json_values)
+def test_dumps_gives_the_same_value_or_the_same_refusal_as_the_standard_library(
+    value: Any,
+) -> None:
+    try:
+        expected = _stdlib(value)
+    except (ValueError, TypeError) as exc:
+        with pytest.raises(type(exc)):
+            jsontext.dumps(value)
+        return
+    got = jsontext.dumps(value)
+    assert json.loads(got) == json.loads(expected)
+    if not _has_float(value):
+        assert got == expected  # only a float's spelling may differ (1e16 against 1e+16)
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_float_anywhere_is_refused_not_written_as_null(bad: float) -> None:
+    document = {"id": "o-1", "completed_at": None, "items": [{"price": 1.5}, {"price": bad}]}
+    with pytest.raises(ValueError, match="Out of range float"):
+        jsontext.dumps(document)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [datetime(2026, 1, 1, tzinfo=UTC), uuid.UUID(int=1), Colour.RED, {1, 2}, b"bytes"],
+    ids=["datetime", "uuid", "enum", "set", "bytes"],
+)
+def test_types_the_standard_library_refuses_are_refused_though_orjson_would_encode_them(
+    value: Any,
+) -> None:
+    with pytest.raises(TypeError):
+        jsontext.dumps({"at": [value]})
+
+
+def test_what_orjson_refuses_the_standard_library_encodes() -> None:
+    assert jsontext.dumps({"n": 2**80}) == b'{"n":1208925819614629174706176}'
+    assert jsontext.dumps({1: "a", None: "b"}) == b'{"1":"a","null":"b"}'
+    nested: Any = "leaf"
+    for _ in range(300):  # past orjson's depth limit, within the interpreter's
+        nested = [nested]
+    assert json.loads(jsontext.dumps(nested)) == nested
+
+
+def test_subclasses_are_encoded_as_the_standard_library_encodes_them() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    assert jsontext.dumps({"level": Level.HIGH, "flag": True}) == b'{"level":3,"flag":true}'
+
+
+def test_a_lone_surrogate_and_a_cycle_raise_value_errors() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        jsontext.dumps({"name": "\ud800"})
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    with pytest.raises(ValueError, match="Circular"):
+        jsontext.dumps(cycle)
+
+
+def test_text_is_utf8_not_escaped() -> None:
+    assert jsontext.dumps({"name": "Zoë 東京"}) == '{"name":"Zoë 東京"}'.encode()
