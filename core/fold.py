@@ -182,16 +182,20 @@ class SharedFolds:
     ) -> _Folded | None:
         found = self._folded.get((family, id(envelope)))
         if (
-            found is not None
-            and found.envelope is envelope
-            and found.handler is handler
-            and found.before is before
-            and all(lookups.get(key) == value for key, value in found.used.items())
+            found is None
+            or found.envelope is not envelope
+            or found.handler is not handler
+            or found.before is not before
         ):
-            self.hits += 1
-            return found
-        self.misses += 1
-        return None
+            self.misses += 1
+            return None
+        for key, value in found.used.items():
+            held = lookups.get(key)
+            if held is not value and held != value:  # lanes sharing a lookup cache hold one object
+                self.misses += 1
+                return None
+        self.hits += 1
+        return found
 
     def put(self, family: str, folded: _Folded) -> None:
         memo = self._folded
@@ -209,21 +213,24 @@ def _fold_document(
     envelope: EventEnvelope,
     before: dict[str, Any] | None,
     decoded: Any,
-    ctx: Context,
+    lookups: dict[LookupKey, Any],
 ) -> Any:
     """The handler's result for ``before`` and the event, shared with the other lanes of the
-    projection's fold family when it has one."""
+    projection's fold family when it has one (a lane that takes a shared result builds no
+    :class:`Context`)."""
     handler = projection.handler_for(envelope.event_type)
     family = projection.fold_family
     if handler is None or family is None or family not in SHARED_FOLDS.families:
+        ctx = Context(envelope, lookups)
         return _call_handler(projection, envelope, handler, (before, decoded, ctx))
     function = getattr(handler, "__func__", handler)
-    found = SHARED_FOLDS.get(family, function, envelope, before, ctx.lookups)
+    found = SHARED_FOLDS.get(family, function, envelope, before, lookups)
     if found is not None:
         return found.result
-    ctx.used = {}
+    used: dict[LookupKey, Any] = {}
+    ctx = Context(envelope, lookups, used)
     result = _call_handler(projection, envelope, handler, (before, decoded, ctx))
-    SHARED_FOLDS.put(family, _Folded(envelope, function, before, ctx.used, result))
+    SHARED_FOLDS.put(family, _Folded(envelope, function, before, used, result))
     return result
 
 
@@ -271,7 +278,6 @@ def apply_event(
     (an operator skipped it: the document's version moves past it, nothing else changes).
     Raises :class:`EventFailed` for a permanent failure, leaving ``pending`` as it was.
     """
-    ctx = Context(envelope, lookups)
     if isinstance(projection, DocumentProjection):
         key = projection.key(envelope)
         state = pending.docs[key]
@@ -283,7 +289,7 @@ def apply_event(
         elif isinstance(decoded, EventFailed):
             raise decoded
         else:
-            result = _fold_document(projection, envelope, state.document, decoded, ctx)
+            result = _fold_document(projection, envelope, state.document, decoded, lookups)
         if result is IGNORED:
             pending.ignored += 1
             if state.document is not None:
@@ -314,6 +320,7 @@ def apply_event(
     if isinstance(decoded, EventFailed):
         raise decoded
     handler = projection.handler_for(envelope.event_type)
+    ctx = Context(envelope, lookups)
     result = _call_handler(projection, envelope, handler, (decoded, ctx), rows=True)
     if result is IGNORED:
         pending.ignored += 1
