@@ -118,13 +118,13 @@ def plan_gaps(
 ) -> list[tuple[str, int, int]]:
     """``(stream_id, from_version, to_version)`` ranges missing before events of this chunk.
 
-    Needs every key of the chunk present in ``pending.docs`` (loaded or new with version 0).
+    ``events`` are the chunk's envelopes that the projection accepts (the lane filters them
+    once). Needs every key of the chunk present in ``pending.docs`` (loaded or new with
+    version 0).
     """
     versions: dict[str, int] = {}
     gaps: list[tuple[str, int, int]] = []
     for envelope in events:
-        if not projection.accepts(envelope):
-            continue
         key = projection.key(envelope)
         current = versions.get(key, pending.docs[key].version)
         if envelope.stream_version > current + 1:
