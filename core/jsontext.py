@@ -54,9 +54,14 @@ def dumps(value: Any) -> bytes:
         plain = False
     if plain:
         try:
-            return orjson.dumps(value)
+            encoded = orjson.dumps(value)
         except orjson.JSONEncodeError:
             pass
+        else:
+            # A copy of just the text: orjson's own result keeps about 4 KB of the process's
+            # heap each (measured: 10,000 documents of 627 bytes held 39 MB against 6.5 MB),
+            # and a sink holds a whole batch of them.
+            return bytes(memoryview(encoded))
     return _STDLIB.encode(value).encode()
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import enum
 import json
 import math
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +115,38 @@ def test_a_lone_surrogate_and_a_cycle_raise_value_errors() -> None:
 
 def test_text_is_utf8_not_escaped() -> None:
     assert jsontext.dumps({"name": "Zoë 東京"}) == '{"name":"Zoë 東京"}'.encode()
+
+
+HOLD_MANY = """
+import sys
+from core import jsontext
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+documents = [
+    {"id": f"order-{i}", "items": [{"sku": f"p-{j}", "qty": 2} for j in range(3)], "at": None,
+     "note": "x" * 300}
+    for i in range(10_000)
+]
+before = rss_mb()
+held = [jsontext.dumps(d) for d in documents]
+print(rss_mb() - before, sum(map(len, held)) / 2**20)
+"""
+
+
+def test_a_batch_of_encoded_documents_takes_about_its_size_in_memory() -> None:
+    """orjson's own result keeps about 4 KB of heap each: a sink holding a batch of them
+    (the Redis sink holds every document of a flush) held 39 MB for 6 MB of text."""
+    done = subprocess.run(
+        [sys.executable, "-c", HOLD_MANY],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    grown_mb, text_mb = map(float, done.stdout.split())
+    assert text_mb > 3
+    assert grown_mb < 3 * text_mb, f"{grown_mb:.1f} MB held for {text_mb:.1f} MB of text"
