@@ -49,7 +49,7 @@ def dumps(value: Any) -> bytes:
     :class:`RecursionError` for nesting deeper than the interpreter follows, as
     :func:`json.dumps` does."""
     try:
-        plain = _plain(value)
+        plain = _all_plain((value,))
     except RecursionError:
         plain = False
     if plain:
@@ -65,20 +65,9 @@ def dumps(value: Any) -> bytes:
     return _STDLIB.encode(value).encode()
 
 
-def _plain(value: Any) -> bool:
-    """Whether ``value`` holds only the exact types orjson and the standard library encode
-    alike (finite floats only)."""
-    kind = type(value)
-    if kind is dict:
-        return _all_plain(value.values())
-    if kind is list or kind is tuple:
-        return _all_plain(value)
-    if kind is float:
-        return _isfinite(value)
-    return kind in _LEAVES
-
-
 def _all_plain(values: Iterable[Any]) -> bool:
+    """Whether ``values`` hold only the exact types orjson and the standard library encode
+    alike (finite floats only), at any depth."""
     for item in values:
         kind = type(item)
         if kind in _LEAVES:
