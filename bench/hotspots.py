@@ -1,11 +1,11 @@
 """Where the runner's time goes: py-spy on ``projectionist run`` over the benchmark's log.
 
-    scripts/with-services-env .venv/bin/python -m bench.profile
-    scripts/with-services-env .venv/bin/python -m bench.profile --events 1000000 --keep
-    scripts/with-services-env .venv/bin/python -m bench.profile --lanes order_summary
+    scripts/with-services-env .venv/bin/python -m bench.hotspots
+    scripts/with-services-env .venv/bin/python -m bench.hotspots --events 1000000 --keep
+    scripts/with-services-env .venv/bin/python -m bench.hotspots --lanes order_summary
 
 Starts the runner as the fan-out part does (:func:`bench.runner.runner_env`: the default lanes
-and strategies, every name under the namespace ``bench_profile``), from empty targets, under
+and strategies, every name under the namespace ``bench_hotspots``), from empty targets, under
 ``py-spy record`` for ``--seconds`` or until it has caught up, whichever comes first. Then
 prints the shares of the runner's *main thread* samples (the thread that reads, decodes, folds
 and encodes for every lane; DuckDB's writes run on a worker thread and are left out): the
@@ -124,7 +124,7 @@ def py_spy() -> str:
 async def record(args: argparse.Namespace, services: Services) -> Profile:
     log = await open_log(services.dsn, args.events, reuse=True)
     tmp = Path(tempfile.mkdtemp(prefix="projectionist-profile-"))
-    where = Where("bench_profile", tmp / "bench_profile")
+    where = Where("bench_hotspots", tmp / "bench_hotspots")
     try:
         await clear(where, services)
         env = runner_env(log, where, services, args.lanes)

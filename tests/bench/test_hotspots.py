@@ -1,10 +1,10 @@
-"""bench.profile.summarize: shares of the runner's main-thread samples, by group of work."""
+"""bench.hotspots.summarize: shares of the runner's main-thread samples, by group of work."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.profile import summarize
+from bench.hotspots import summarize
 
 MAIN = "<module> (projectionist:6);run (core/cli.py:167)"
 COLLAPSED = f"""\
