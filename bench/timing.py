@@ -54,8 +54,10 @@ class TimedSource:
     def notifications(self) -> int:
         return self.store.notifications
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        await self.store.wait_for_new(timeout, seen, after)
 
 
 class TimedLookups(LookupProvider):

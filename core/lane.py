@@ -251,7 +251,7 @@ class Lane(ParksRejectedDocuments):
                     return
                 self.state = LaneState.IDLE
             if at_head:
-                await source.wait_for_new(self._wait_time(pending), seen)
+                await source.wait_for_new(self._wait_time(pending), seen, pending.position)
 
     async def _finish_deferred(self) -> None:
         """Let the sink do what it deferred for the last batch, which was ``catching_up``."""

@@ -25,7 +25,9 @@ class EventSource(Protocol):
     @property
     def notifications(self) -> int: ...
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None: ...
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None: ...
 
 
 class _Chunk:
@@ -92,5 +94,7 @@ class ReadAhead:
     def notifications(self) -> int:
         return self.source.notifications
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.source.wait_for_new(timeout, seen)
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        await self.source.wait_for_new(timeout, seen, after)

@@ -330,8 +330,10 @@ class SharedLog:
     def notifications(self) -> int:
         return self.store.notifications
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        await self.store.wait_for_new(timeout, seen, after)
 
 
 class LogReader:
@@ -363,5 +365,7 @@ class LogReader:
     def notifications(self) -> int:
         return self.log.notifications
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.log.wait_for_new(timeout, seen)
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        await self.log.wait_for_new(timeout, seen, after)

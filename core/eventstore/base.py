@@ -96,9 +96,11 @@ class EventStore(ABC):
       events behind the visibility fence: no event may later appear at a position at or before
       the last one returned. It never skips, never times out, never returns a duplicate.
     * ``head()`` is the newest readable position (``None`` when the log is empty).
-    * ``wait_for_new(timeout, seen)`` returns when new events may be readable, or after
+    * ``wait_for_new(timeout, seen, after)`` returns when new events may be readable, or after
       ``timeout``; at once when ``notifications`` moved past ``seen`` (a caller reads
       ``notifications`` before it reads the log, so a wake-up between the two is not lost).
+      A caller that has read up to ``after`` may be woken early, without a notification, when
+      a commit it was woken for is still behind the fence (the fence moves without one).
     """
 
     @abstractmethod
@@ -134,7 +136,9 @@ class EventStore(ABC):
     """How many wake-ups (commits of appends) this store has seen so far."""
 
     @abstractmethod
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None: ...
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None: ...
 
     async def settle(self, timeout: float) -> bool:
         """Wait until every transaction that committed before this call is behind the fence

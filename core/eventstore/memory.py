@@ -164,7 +164,11 @@ class InMemoryEventStore(EventStore):
         ages = [monotonic() - tx.started for tx in self._open if tx.xid is not None]
         return max(ages, default=0.0)
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        """The fence moves here only when a transaction ends, which wakes every reader: no
+        use for ``after``."""
         if seen is not None and self.notifications > seen:
             return
         with anyio.move_on_after(timeout):

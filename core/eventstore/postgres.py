@@ -6,14 +6,21 @@ pg_snapshot_xmin(pg_current_snapshot())``: every transaction below that bound ha
 no row can ever appear behind a position a reader has passed. Rows are read in
 ``(transaction_id, global_position)`` order. The cost: one long-open writing transaction holds
 every reader back; :meth:`PostgresEventStore.fence_age` reports how long.
+
+Wake-ups: each append's commit sends a NOTIFY that carries its transaction id. A reader at the
+head that was woken for a commit whose events the fence still hides (an earlier transaction,
+of any kind, is still open) looks again soon, instead of waiting for the next append or the
+poll interval: the end of a transaction that appended nothing sends no NOTIFY.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -36,6 +43,15 @@ from core.redact import redact_url
 __all__ = ("PostgresEventStore", "init_connection")
 
 _MIGRATION_LOCK = 0x70726F6A  # "proj": serialises concurrent migrations
+
+FENCE_RECHECK = 0.005
+"""Seconds before a reader looks again, at the soonest, for a commit it was woken for but the
+fence still hides; then as long again as the commit has waited so far (so a fence held long
+costs few reads), never longer than the poll interval."""
+
+_COMMITS_KEPT = 4096
+"""Notified commits remembered (transaction id, arrival), newest last; older ones than the
+poll interval are forgotten first."""
 
 _COLUMNS = (
     "event_id, stream_id, stream_version, event_type, schema_version, data, metadata, "
@@ -168,6 +184,8 @@ class PostgresEventStore(EventStore):
         self._listener: asyncpg.Connection | None = None
         self._listener_lock = anyio.Lock()
         self._signal = anyio.Event()
+        self._commits: deque[tuple[int, float]] = deque(maxlen=_COMMITS_KEPT)
+        """(transaction id, arrival) of the commits notified within the poll interval."""
 
     @classmethod
     async def connect(
@@ -453,10 +471,28 @@ class PostgresEventStore(EventStore):
                 await anyio.sleep(0.05)
         return False
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
         self.notifications += 1
+        now = monotonic()
+        commits = self._commits
+        while commits and now - commits[0][1] > self.poll_interval:
+            commits.popleft()
+        with suppress(TypeError, ValueError):  # a trigger older than the payload sends ''
+            commits.append((int(payload), now))  # type: ignore[call-overload]
         self._signal.set()
         self._signal = anyio.Event()
+
+    def _hidden_since(self, after: Position) -> float | None:
+        """When the oldest notified commit that a reader at ``after`` has not read arrived
+        (``None``: none within the poll interval). Commits arrive in about their transaction
+        ids' order, so the search walks back from the newest and stops at the first one read:
+        at the head that is the newest, one step."""
+        since = None
+        for txid, at in reversed(self._commits):
+            if txid <= after.transaction_id:
+                break
+            since = at
+        return since
 
     async def _ensure_listener(self) -> None:
         """One LISTEN connection for the whole store: lanes waiting at once share it."""
@@ -474,14 +510,20 @@ class PostgresEventStore(EventStore):
                 return
             self._listener = conn
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
         """Return on a NOTIFY from a committed append (or one since ``seen``), or after
-        ``min(timeout, poll_interval)``."""
+        ``min(timeout, poll_interval)``; sooner when a reader at ``after`` was woken for a
+        commit that it could not read yet (see :data:`FENCE_RECHECK`)."""
         await self._ensure_listener()
         signal = self._signal
         if seen is not None and self.notifications > seen:
             return
-        with anyio.move_on_after(min(timeout, self.poll_interval)):
+        wait = min(timeout, self.poll_interval)
+        if after is not None and (since := self._hidden_since(after)) is not None:
+            wait = min(wait, max(FENCE_RECHECK, monotonic() - since))
+        with anyio.move_on_after(wait):
             await signal.wait()
 
     async def close(self) -> None:

@@ -35,7 +35,7 @@ CREATE INDEX IF NOT EXISTS events_position_idx
 CREATE OR REPLACE FUNCTION {s}.notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{channel}', '');
+    PERFORM pg_notify('{channel}', pg_current_xact_id()::text);
     RETURN NULL;
 END $$;
 

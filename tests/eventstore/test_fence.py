@@ -17,10 +17,16 @@ import asyncpg
 import pytest
 
 from core.errors import EventLogRestored, PermanentError
+from core.events import NewEvent
 from core.eventstore import NO_STREAM
 from core.eventstore.postgres import PostgresEventStore
+from core.lane import Lane
+from core.lookups import StaticLookups
 from core.position import START
+from core.runner import Runner
+from core.testing import InMemorySink
 from tests.eventstore.support import PgStoreFactory, event, events, read_all, read_until
+from tests.support.tally import OWNERS, TallyProjection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -222,3 +228,122 @@ async def test_a_prepared_transaction_holds_the_fence_and_its_age_is_reported(
         with suppress(asyncpg.PostgresError):
             await other.execute(f"ROLLBACK PREPARED '{name}'")
         await other.close()
+
+
+async def _hold_the_fence(conn: asyncpg.Connection) -> asyncpg.transaction.Transaction:
+    """An open transaction with an id on an unrelated connection: it appends nothing, so its
+    end sends no NOTIFY."""
+    held = conn.transaction()
+    await held.start()
+    await conn.fetchval("SELECT pg_current_xact_id()")  # what any first write does
+    return held
+
+
+async def _notified(store: PostgresEventStore, before: int) -> None:
+    with anyio.fail_after(10):
+        while store.notifications <= before:
+            await store.wait_for_new(0.05)
+
+
+async def test_a_commit_the_fence_hid_is_read_soon_after_it_moves(
+    pg_store_factory: PgStoreFactory, postgres_dsn: str
+) -> None:
+    """The reader is woken for B's commit while an unrelated transaction holds the fence, so
+    its read finds nothing. That transaction's end sends no NOTIFY: before the wake-ups named
+    their transaction, the reader slept until the next append or the poll interval (60 s
+    here, 1 s by default; the p99 of the benchmark's freshness). Now it looks again, sooner at
+    first and then less often, and reads B within moments of the fence moving."""
+    store = await pg_store_factory(poll_interval=60)
+    await store.wait_for_new(0)  # listening from here on
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        held = await _hold_the_fence(other)
+        seen = store.notifications
+        await store.append("hidden-1", events(2), NO_STREAM)
+        await _notified(store, seen)
+        assert await store.read(START, 10) == []  # behind the fence
+        wakes = 0
+
+        async def release() -> None:
+            await anyio.sleep(0.5)
+            await held.rollback()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release)
+            with anyio.fail_after(20):
+                while not (found := await store.read(START, 10)):
+                    seen = store.notifications
+                    await store.wait_for_new(60, seen, after=START)
+                    wakes += 1
+        assert [e.stream_id for e in found] == ["hidden-1", "hidden-1"]
+        assert wakes <= 15, f"{wakes} reads in about 0.5 s: the recheck does not back off"
+    finally:
+        await other.close()
+
+
+async def test_a_notification_with_nothing_to_read_costs_a_few_reads(
+    pg_store_factory: PgStoreFactory,
+) -> None:
+    """An append of ids already in the log writes nothing, yet its statement's trigger still
+    notifies. A reader at the head looks again a few times, less and less often, then waits
+    for the poll interval as before: it never spins."""
+    store = await pg_store_factory(poll_interval=2)
+    await store.wait_for_new(0)
+    again = events(1)
+    await store.append("dup-1", again, NO_STREAM)
+    (only,) = await read_until(store, 1)
+    seen = store.notifications
+    assert (await store.append("dup-1", again)).written == 0
+    await _notified(store, seen)
+    seen = store.notifications
+    wakes, started = 0, monotonic()
+    while monotonic() - started < 1.5:
+        await store.wait_for_new(60, seen, after=only.position)
+        wakes += 1
+        assert await store.read(only.position, 10) == []
+    assert wakes <= 12, f"{wakes} wake-ups in 1.5 s with nothing to read"
+
+
+async def test_lanes_at_the_head_read_a_hidden_commit_once_the_fence_moves(
+    pg_store_factory: PgStoreFactory, postgres_dsn: str
+) -> None:
+    """The same through a runner: two lanes on the shared log, their wait passing where they
+    have read to. Their poll (60 s) and idle poll (30 s) are far beyond the deadline, so only
+    the recheck can bring the event in time."""
+    store = await pg_store_factory(poll_interval=60)
+    await store.append("tally-1", [NewEvent(event_type="Opened", data={"owner": "o1"})])
+    sinks = [InMemorySink(f"fence_{i}") for i in range(2)]
+    lanes = [
+        Lane(TallyProjection(), s, store, lookups=StaticLookups(OWNERS), idle_poll=30)
+        for s in sinks
+    ]
+    runner = Runner(store, lanes)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            head = await store.head()
+            assert head is not None
+            with anyio.fail_after(20):
+                while any(ln.checkpoint != head for ln in lanes):
+                    await anyio.sleep(0.01)
+            held = await _hold_the_fence(other)
+            seen = store.notifications
+            await store.append(
+                "tally-1", [NewEvent(event_type="Added", schema_version=2, data={"amount": 5})]
+            )
+            await _notified(store, seen)
+            await anyio.sleep(0.3)  # the lanes were woken, read nothing, and wait
+            assert all(ln.checkpoint == head for ln in lanes)
+            await held.rollback()
+            moved = monotonic()
+            with anyio.fail_after(15):
+                while any(ln.checkpoint == head for ln in lanes):
+                    await anyio.sleep(0.01)
+            took = monotonic() - moved
+            tg.cancel_scope.cancel()
+    finally:
+        await other.close()
+    for ln, sink in zip(lanes, sinks, strict=True):
+        assert sink.state(ln.target).live_documents()["tally-1"]["total"] == 5
+    assert took < 10, f"{took:.1f} s"

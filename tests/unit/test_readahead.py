@@ -40,8 +40,10 @@ class CountingSource:
     def notifications(self) -> int:
         return self.store.notifications
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        await self.store.wait_for_new(timeout, seen, after)
 
 
 async def test_full_chunks_come_from_the_read_ahead_and_equal_direct_reads() -> None:

@@ -151,8 +151,10 @@ class ShiftedSource:
     def notifications(self) -> int:
         return self.store.notifications
 
-    async def wait_for_new(self, timeout: float, seen: int | None = None) -> None:
-        await self.store.wait_for_new(timeout, seen)
+    async def wait_for_new(
+        self, timeout: float, seen: int | None = None, after: Position | None = None
+    ) -> None:
+        await self.store.wait_for_new(timeout, seen, after)
 
 
 async def append_history(
