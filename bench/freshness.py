@@ -16,6 +16,12 @@ its version (or a later one) was sent:
 
 order_analytics (DuckDB) uses the batch strategy: it flushes hourly by design, so it has no
 freshness to measure in a minute.
+
+A first, quiet phase (``beside`` events/s, 5 by default) runs beside unrelated write
+transactions in the same cluster (:func:`_unrelated_writes`: the application's other tables).
+Each holds the event log's fence while it is open, and its end sends no NOTIFY: the phase
+shows how soon the runner reads a commit that such a transaction hid (decision 0002's
+amendment), which the busy phases hide behind their own stream of notifications.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ __all__ = ("WATCHED", "measure")
 POLL = 0.01
 WRITERS = 16
 GROUP = 10
+UNRELATED_EVERY = 0.05
+"""Seconds between the starts of two unrelated write transactions (20 per second)..."""
+UNRELATED_HELD = 0.02
+"""...and how long each stays open after its first write."""
 WATCHED = ("order_summary", "order_detail", "order_cache", "order_search")
 Fetch = Callable[[list[str]], Awaitable[dict[str, int]]]
 
@@ -84,7 +94,9 @@ class Watch:
         missing = sum(len(v) for v in self.pending.values())
         if len(lat) < 2:
             return {"events": len(lat), "missing": missing}
-        q = statistics.quantiles(lat, n=100)
+        # inclusive: within the samples' range (the default extrapolates past the largest
+        # sample when there are few, e.g. a p99 above the max in a --quick run)
+        q = statistics.quantiles(lat, n=100, method="inclusive")
         return {
             "events": len(lat),
             "missing": missing,
@@ -214,9 +226,37 @@ async def _write(store: PostgresEventStore, watches: list[Watch], rate: float, s
     }
 
 
+async def _unrelated_writes(dsn: str, schema: str, done: list[int]) -> None:
+    """Until cancelled: every :data:`UNRELATED_EVERY` seconds, a transaction that inserts a row
+    into a table of its own and commits :data:`UNRELATED_HELD` seconds later (it has an id, so
+    it holds the fence meanwhile, like any write to the application's own tables)."""
+    conn = await asyncpg.connect(dsn)
+    table = f'"{schema}".unrelated_writes'
+    try:
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (at timestamptz NOT NULL)")
+        await conn.execute(f"TRUNCATE {table}")
+        while True:
+            due = time.perf_counter() + UNRELATED_EVERY
+            async with conn.transaction():
+                await conn.execute(f"INSERT INTO {table} VALUES (clock_timestamp())")
+                await anyio.sleep(UNRELATED_HELD)
+            done[0] += 1
+            await anyio.sleep(max(0.0, due - time.perf_counter()))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+
+
 async def _phase(
-    store: PostgresEventStore, watches: list[Watch], rate: float, seconds: float, runner: int
+    store: PostgresEventStore,
+    watches: list[Watch],
+    rate: float,
+    seconds: float,
+    runner: int,
+    unrelated_writes_on: str | None = None,
 ) -> dict[str, Any]:
+    """One load phase at ``rate``; with ``unrelated_writes_on`` (a DSN), beside
+    :func:`_unrelated_writes` in that cluster."""
     stop_polling = anyio.Event()
     cpu_runner, usage = _cpu_seconds(runner), resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -231,7 +271,16 @@ async def _phase(
         for watch in watches:
             group.start_soon(watch.poll, stop_polling)
         group.start_soon(fence)
+        unrelated = [0]
+        if unrelated_writes_on is not None:
+            group.start_soon(_unrelated_writes, unrelated_writes_on, store.schema, unrelated)
         load = await _write(store, watches, rate, seconds, seed=900_000 + int(rate))
+        if unrelated_writes_on is not None:
+            load["unrelated_writes"] = {
+                "transactions": unrelated[0],
+                "every_ms": UNRELATED_EVERY * 1000,
+                "held_ms": UNRELATED_HELD * 1000,
+            }
         fences.sort()
         load["fence_age_ms"] = {
             "p50": round(fences[len(fences) // 2] * 1000, 1),
@@ -274,10 +323,12 @@ async def measure(
     seconds: float,
     lanes: list[str],
     processes: int = 1,
+    beside: float = 5.0,
 ) -> dict[str, Any]:
     """Start a runner of ``lanes`` (``run --processes N`` when ``processes`` > 1), wait until
-    it is at the head, then one load phase per rate, watching the lanes of :data:`WATCHED`
-    among them."""
+    it is at the head, then the quiet phase at ``beside`` events/s beside unrelated writes
+    (none when 0) and one load phase per rate, watching the lanes of :data:`WATCHED` among
+    them."""
     store = await PostgresEventStore.connect(log.dsn, schema=log.schema, pool_size=20)
     readers = Readers()
     await readers.open(services, where)
@@ -298,6 +349,10 @@ async def measure(
             group.start_soon(alive)
             await _ready(store, readers.watches(lanes), timeout=1_800)
             await anyio.sleep(1.0)
+            if beside > 0:
+                phases.append(
+                    await _phase(store, readers.watches(lanes), beside, seconds, proc.pid, log.dsn)
+                )
             for rate in rates:
                 phases.append(await _phase(store, readers.watches(lanes), rate, seconds, proc.pid))
             group.cancel_scope.cancel()

@@ -306,6 +306,11 @@ def _freshness(result: dict[str, Any], console: Console) -> None:
             f"{phase['target_rate']:,.0f} ev/s asked, {phase['achieved_rate']:,} achieved"
             f" (runner cpu {phase['runner_cpu_share']:.0%})"
         )
+        if (unrelated := phase.get("unrelated_writes")) is not None:
+            load += (
+                f", beside {unrelated['transactions']:,} unrelated write transactions"
+                f" (one every {unrelated['every_ms']:g} ms, open {unrelated['held_ms']:g} ms)"
+            )
         for i, (lane, got) in enumerate(phase["lanes"].items()):
             limit = SEARCH_P99_MS if lane == "order_search" else IMMEDIATE_P99_MS
             judged = phase["target_rate"] == TARGET_RATE

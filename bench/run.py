@@ -70,6 +70,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<time>.json)")
     parser.add_argument("--freshness-seconds", type=float, help="per load phase (default 60)")
     parser.add_argument("--rates", default="500,2000", help="freshness append rates, events/s")
+    parser.add_argument(
+        "--beside-rate",
+        type=float,
+        default=5.0,
+        help="freshness: first a phase at this rate beside unrelated writes (default 5; 0: none)",
+    )
     parser.add_argument("--naive-events", type=int, help="cap of the naive replay (10,000)")
     parser.add_argument("--naive-seconds", type=float, default=120.0, help="its time cap")
     parser.add_argument("--eventlog-events", type=int, help="events per append run (<=100,000)")
@@ -276,7 +282,11 @@ async def _run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
                 result, "eventlog", lambda: eventlog.main(args.eventlog_events, services.dsn)
             )
         if "freshness" in parts:
-            print(f"== freshness: {args.rates} events/s, {args.freshness_seconds:g} s", flush=True)
+            rates = ",".join(
+                ([f"{args.beside_rate:g} (beside unrelated writes)"] if args.beside_rate else [])
+                + [args.rates]
+            )
+            print(f"== freshness: {rates} events/s, {args.freshness_seconds:g} s", flush=True)
             env = runner.runner_env(log, everything, services, args.lane_names)
             await run_part(
                 result,
@@ -290,6 +300,7 @@ async def _run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
                     args.freshness_seconds,
                     args.lane_names,
                     args.freshness_processes,
+                    args.beside_rate,
                 ),
             )
     finally:
