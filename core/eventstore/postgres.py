@@ -37,6 +37,7 @@ from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, 
 from core.eventstore.postgres_schema import schema_ddl
 from core.naming import quote_ident, validate_name
 from core.pgerrors import DRIVER_ERRORS, translate_pg_error
+from core.pgpool import keep_session
 from core.position import Position
 from core.redact import redact_url
 
@@ -202,7 +203,7 @@ class PostgresEventStore(EventStore):
         validate_name("event_store.schema", schema)
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, init=init_connection
+                dsn, min_size=1, max_size=pool_size, init=init_connection, reset=keep_session
             )
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(

@@ -35,6 +35,7 @@ from core.errors import (
     ProjectionistError,
 )
 from core.operations import Batch
+from core.pgpool import keep_session
 from core.position import Position
 from core.redact import redact_text
 from core.schema import DocumentSchema
@@ -148,6 +149,7 @@ class PostgresSink(Sink):
             timeout=s.connect_timeout,
             command_timeout=s.command_timeout,
             server_settings={"application_name": s.application_name},
+            reset=keep_session,
         )
 
     async def close(self) -> None:

@@ -235,3 +235,33 @@ async def test_an_append_alone_cut_off_mid_statement_is_an_ambiguous_commit(
     # Retried as the caller is told to: it finds the stream moved on, nothing doubled.
     with pytest.raises(ConcurrencyError):
         await store.append("cut-1", [event(2)], NO_STREAM)
+
+
+async def test_a_released_connection_goes_back_without_a_reset_round_trip(
+    pg_store_factory: PgStoreFactory,
+) -> None:
+    """core.pgpool: the pool sends no reset query on release (it doubled the round trips of
+    every one-statement use). Seen from a session setting that survives the release, which is
+    why nothing may leave session state on a pooled connection."""
+    store = await pg_store_factory(pool_size=1)
+    async with store.pool.acquire() as conn:
+        await conn.execute("SET application_name = 'left-behind'")
+    assert await store.pool.fetchval("SHOW application_name") == "left-behind"
+
+
+async def test_a_transaction_left_open_is_still_rolled_back_on_release(
+    pg_store_factory: PgStoreFactory, namespace: str
+) -> None:
+    store = await pg_store_factory(pool_size=1)
+    async with store.pool.acquire() as conn:
+        await conn.execute("BEGIN")  # not a managed transaction: asyncpg rolls it back
+        await conn.execute(
+            f'INSERT INTO "{namespace}".lane_status (lane, state, owner) VALUES ($1, $2, $3)',
+            "orphan",
+            "running",
+            "test",
+        )
+    async with store.pool.acquire() as conn:
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval(f'SELECT count(*) FROM "{namespace}".lane_status') == 0
+    await store.append("after-1", [event()], NO_STREAM)  # the connection still works

@@ -300,3 +300,13 @@ async def test_replayed_batch_rewrites_no_row(pg: PgEnv) -> None:
         assert await snapshot(sink.pool, pg.schema, "order_detail_g1") == before
     finally:
         await sink.close()
+
+
+async def test_the_sinks_pool_goes_back_without_a_reset_round_trip(pg: PgEnv) -> None:
+    """core.pgpool, as for the event store: a flush is one statement, and the reset query on
+    release was a second round trip. A session setting survives the release."""
+    settings = PostgresSinkSettings(dsn=pg.dsn, schema=pg.schema, pool_size=1)
+    async with PostgresSink(settings) as sink:
+        async with sink.pool.acquire() as conn:
+            await conn.execute("SET application_name = 'left-behind'")
+        assert await sink.pool.fetchval("SHOW application_name") == "left-behind"
