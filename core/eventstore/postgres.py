@@ -51,8 +51,8 @@ fence still hides; then as long again as the commit has waited so far (so a fenc
 costs few reads), never longer than the poll interval."""
 
 _COMMITS_KEPT = 4096
-"""Notified commits remembered (transaction id, arrival), newest last; older ones than the
-poll interval are forgotten first."""
+"""Notified commits remembered, newest last; those older than the poll interval are
+forgotten first."""
 
 _COLUMNS = (
     "event_id, stream_id, stream_version, event_type, schema_version, data, metadata, "
@@ -186,7 +186,8 @@ class PostgresEventStore(EventStore):
         self._listener_lock = anyio.Lock()
         self._signal = anyio.Event()
         self._commits: deque[tuple[int, float]] = deque(maxlen=_COMMITS_KEPT)
-        """(transaction id, arrival) of the commits notified within the poll interval."""
+        """(highest transaction id notified so far, arrival) of each commit notified within
+        the poll interval (see :meth:`_hidden_since`)."""
 
     @classmethod
     async def connect(
@@ -479,18 +480,23 @@ class PostgresEventStore(EventStore):
         while commits and now - commits[0][1] > self.poll_interval:
             commits.popleft()
         with suppress(TypeError, ValueError):  # a trigger older than the payload sends ''
-            commits.append((int(payload), now))  # type: ignore[call-overload]
+            txid = int(payload)  # type: ignore[call-overload]
+            commits.append((max(txid, commits[-1][0]) if commits else txid, now))
         self._signal.set()
         self._signal = anyio.Event()
 
     def _hidden_since(self, after: Position) -> float | None:
         """When the oldest notified commit that a reader at ``after`` has not read arrived
-        (``None``: none within the poll interval). Commits arrive in about their transaction
-        ids' order, so the search walks back from the newest and stops at the first one read:
-        at the head that is the newest, one step."""
+        (``None``: none within the poll interval).
+
+        Each remembered commit holds the highest transaction id notified up to it, not its own
+        (commits arrive out of id order when a transaction took its id early), so the ids only
+        grow from oldest to newest: the first commit past ``after`` is where that running
+        highest first passes it, and the walk back from the newest stops at the first one
+        that does not (at the head, the newest: one step)."""
         since = None
-        for txid, at in reversed(self._commits):
-            if txid <= after.transaction_id:
+        for highest, at in reversed(self._commits):
+            if highest <= after.transaction_id:
                 break
             since = at
         return since
