@@ -101,6 +101,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help='the DuckDB sink\'s memory_limit (default "25MB"), e.g. "80%%": DuckDB\'s own',
     )
     args = parser.parse_args(argv)
+    if args.beside_rate < 0:
+        parser.error(f"--beside-rate {args.beside_rate:g}: give events/s, or 0 for no quiet phase")
     quick = args.quick
     args.events = args.events or (5_000 if quick else 100_000)
     args.freshness_seconds = args.freshness_seconds or (5.0 if quick else 60.0)
