@@ -137,9 +137,7 @@ async def test_any_open_transaction_in_the_cluster_holds_the_fence(
     store = await pg_store_factory()
     other = await asyncpg.connect(postgres_dsn)
     try:
-        unrelated = other.transaction()
-        await unrelated.start()
-        await other.fetchval("SELECT pg_current_xact_id()")  # what any first write does
+        unrelated = await _hold_the_fence(other)
         await store.append("x-1", events(2), NO_STREAM)
         await anyio.sleep(0.3)
         assert await store.read(START, 10) == []
