@@ -105,6 +105,12 @@ class EventLogRestored(PermanentError):
     """The events table holds transaction ids at or above the server's next transaction id."""
 
 
+class CheckpointAheadOfLog(PermanentError):
+    """A position read or checkpointed earlier lies beyond the server's next transaction id:
+    the log lost transactions that were read (a failover that lost its tail, or a restore to
+    an earlier point in time), so new events would sort behind that position, unread."""
+
+
 class CheckpointConflict(PermanentError):
     """Another runner advanced this lane's checkpoint: this one must stop writing."""
 

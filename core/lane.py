@@ -176,6 +176,11 @@ class Lane(ParksRejectedDocuments):
         self.checkpoint = await self._retrying(
             "reading the checkpoint", lambda: self.sink.read_checkpoint(self.target)
         )
+        if (checkpoint := self.checkpoint) is not None:
+            await self._retrying(
+                "checking the checkpoint against the log",
+                lambda: self.store.check_reachable(checkpoint, self.name),
+            )
         letters = await self._retrying(
             "reading dead letters", lambda: self.dead_letters.find(self.name, "any")
         )

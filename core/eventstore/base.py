@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from core.errors import ConfigurationError, InvalidEvent
+from core.errors import ConfigurationError, InvalidEvent, ProjectionistError
 from core.events import EventEnvelope, EventLimits, NewEvent, encode_event
 from core.position import Position
 
@@ -17,7 +17,9 @@ __all__ = (
     "AppendResult",
     "EventStore",
     "StreamAppender",
+    "ahead_of_log",
     "check_batch",
+    "doom",
     "validate_stream_id",
 )
 
@@ -72,12 +74,51 @@ class AppendResult:
 
 
 class StreamAppender(ABC):
-    """Appends inside one open transaction (several streams may share it)."""
+    """Appends inside one open transaction (several streams may share it).
+
+    An append refused by :func:`check_batch` (nothing sent) leaves the transaction as it was.
+    Any other failure of an append dooms the transaction (see :func:`doom`).
+    """
+
+    failed: ProjectionistError | None = None
+    """The failure that doomed this transaction, if one has."""
+
+    def raise_if_doomed(self) -> None:
+        """Raise the failure that doomed this transaction again, if one has."""
+        if self.failed is not None:
+            raise self.failed
 
     @abstractmethod
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
     ) -> AppendResult: ...
+
+
+def ahead_of_log(owner: str, position: Position, next_xid: int) -> str:
+    """The message of :class:`~core.errors.CheckpointAheadOfLog`."""
+    return (
+        f"{owner} has read up to position {position}, but the event log's next transaction "
+        f"id is {next_xid}: the log lost transactions that were read from it (a failover that "
+        "lost its last commits, or a restore to an earlier point in time), so new events would "
+        "get positions behind it and never be read. Remedy: make sure the log holds what it "
+        f"should, then rebuild the read model (`projectionist rebuild {owner}`); see "
+        "docs/event-log.md (Restoring the log)"
+    )
+
+
+def doom(error: ProjectionistError) -> ProjectionistError:
+    """``error`` marked as the failure that doomed its transaction.
+
+    Postgres aborts a transaction at a failed statement, and a refused batch may have written
+    part of itself before the refusal: so once an append in a transaction has failed, every
+    later append in it raises ``error`` again, and the block's end rolls back and raises it
+    again even if the block caught it. A doomed transaction never reports a commit.
+    """
+    error.add_note(
+        "the append transaction holding this append is rolled back: nothing appended in it "
+        "is committed; run the whole transaction again"
+    )
+    return error
 
 
 class EventStore(ABC):
@@ -139,6 +180,13 @@ class EventStore(ABC):
     async def wait_for_new(
         self, timeout: float, seen: int | None = None, after: Position | None = None
     ) -> None: ...
+
+    @abstractmethod
+    async def check_reachable(self, position: Position, owner: str) -> None:
+        """Refuse ``position`` (``owner``'s checkpoint) with
+        :class:`~core.errors.CheckpointAheadOfLog` when this log's next transaction id is not
+        above it: the log lost transactions that ``owner`` has read, and new events would get
+        positions behind it, never to be read."""
 
     async def settle(self, timeout: float) -> bool:
         """Wait until every transaction that committed before this call is behind the fence

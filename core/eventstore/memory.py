@@ -2,7 +2,11 @@
 
 It models transactions and the visibility fence: a transaction takes its id at its first
 append and, while open, holds back every reader from its id onwards, exactly as
-``pg_snapshot_xmin`` does in Postgres.
+``pg_snapshot_xmin`` does in Postgres. Like Postgres, an append sees only committed events
+and its own transaction's, and waits while another open transaction has staged events of the
+same stream or the same event ids (Postgres waits on the unique keys); a failed append dooms
+its transaction (:func:`~core.eventstore.base.doom`). Two transactions that wait on each other
+wait for good (Postgres would detect the deadlock): tests must not build one.
 """
 
 from __future__ import annotations
@@ -16,9 +20,22 @@ from time import monotonic
 
 import anyio
 
-from core.errors import ConcurrencyError, InvalidEvent
+from core.errors import (
+    CheckpointAheadOfLog,
+    ConcurrencyError,
+    InvalidEvent,
+    ProjectionistError,
+)
 from core.events import EventEnvelope, EventLimits, NewEvent
-from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, check_batch
+from core.eventstore.base import (
+    ANY,
+    AppendResult,
+    EventStore,
+    StreamAppender,
+    ahead_of_log,
+    check_batch,
+    doom,
+)
 from core.position import Position
 
 __all__ = ("InMemoryEventStore",)
@@ -30,11 +47,20 @@ class _MemoryTransaction(StreamAppender):
         self.xid: int | None = None
         self.started = monotonic()
         self.staged: list[EventEnvelope] = []
+        self.ended = anyio.Event()
 
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
     ) -> AppendResult:
-        return self._store._stage(self, stream_id, events, expected_version)
+        self.raise_if_doomed()
+        encoded = check_batch(stream_id, events, self._store.limits)  # nothing staged if refused
+        while (holder := self._store._holder(self, stream_id, events)) is not None:
+            await holder.ended.wait()
+        try:
+            return self._store._stage(self, stream_id, events, encoded, expected_version)
+        except ProjectionistError as exc:
+            self.failed = doom(exc)
+            raise
 
 
 class InMemoryEventStore(EventStore):
@@ -52,19 +78,32 @@ class InMemoryEventStore(EventStore):
         self._changed = anyio.Event()
 
     def _version_of(self, stream_id: str, tx: _MemoryTransaction) -> int:
+        """The stream's version as ``tx`` sees it: committed events and its own."""
         versions = [e.stream_version for e in self._streams.get(stream_id, ())]
-        for other in self._open:
-            versions.extend(e.stream_version for e in other.staged if e.stream_id == stream_id)
+        versions.extend(e.stream_version for e in tx.staged if e.stream_id == stream_id)
         return max(versions, default=0)
+
+    def _holder(
+        self, tx: _MemoryTransaction, stream_id: str, events: Sequence[NewEvent]
+    ) -> _MemoryTransaction | None:
+        """Another open transaction that has staged events of ``stream_id`` or any of these
+        event ids: ``tx`` waits for it to end, as Postgres waits on a unique key."""
+        ids = {str(e.event_id) for e in events}
+        for other in self._open:
+            if other is not tx and any(
+                e.stream_id == stream_id or str(e.event_id) in ids for e in other.staged
+            ):
+                return other
+        return None
 
     def _stage(
         self,
         tx: _MemoryTransaction,
         stream_id: str,
         events: Sequence[NewEvent],
+        encoded: Sequence[tuple[str, str]],
         expected_version: int | None,
     ) -> AppendResult:
-        encoded = check_batch(stream_id, events, self.limits)
         mine = {str(e.event_id): e for e in tx.staged}
         known = [self._by_id.get(str(e.event_id)) or mine.get(str(e.event_id)) for e in events]
         if all(known):
@@ -121,11 +160,14 @@ class InMemoryEventStore(EventStore):
         self._open.append(tx)
         try:
             yield tx
+            tx.raise_if_doomed()
         except BaseException:
             self._open.remove(tx)
+            tx.ended.set()
             self._wake()
             raise
         self._open.remove(tx)
+        tx.ended.set()
         self._commit(tx)
 
     async def append(
@@ -159,6 +201,10 @@ class InMemoryEventStore(EventStore):
         return max(
             0, bisect.bisect_right(self._keys, upto) - bisect.bisect_right(self._keys, after)
         )
+
+    async def check_reachable(self, position: Position, owner: str) -> None:
+        if position.transaction_id >= self._next_xid:
+            raise CheckpointAheadOfLog(ahead_of_log(owner, position, self._next_xid))
 
     async def fence_age(self) -> float:
         ages = [monotonic() - tx.started for tx in self._open if tx.xid is not None]

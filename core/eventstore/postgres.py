@@ -28,12 +28,23 @@ import asyncpg
 
 from core import jsontext
 from core.errors import (
+    CheckpointAheadOfLog,
     ConcurrencyError,
     EventLogRestored,
     InvalidEvent,
+    ProjectionistError,
+    StoreUnavailable,
 )
 from core.events import EventEnvelope, EventLimits, NewEvent, UndecodableData
-from core.eventstore.base import ANY, AppendResult, EventStore, StreamAppender, check_batch
+from core.eventstore.base import (
+    ANY,
+    AppendResult,
+    EventStore,
+    StreamAppender,
+    ahead_of_log,
+    check_batch,
+    doom,
+)
 from core.eventstore.postgres_schema import schema_ddl
 from core.naming import quote_ident, validate_name
 from core.pgerrors import DRIVER_ERRORS, translate_pg_error
@@ -95,6 +106,10 @@ def _envelope(row: asyncpg.Record) -> EventEnvelope:
     )
 
 
+_LISTENER_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DRIVER_ERRORS)
+"""A listener connection that failed, or took longer than a poll interval to open."""
+
+
 class _Sql:
     """The store's statements for one schema, built once."""
 
@@ -131,6 +146,7 @@ SELECT (SELECT v FROM cur) AS current, count(*) AS written, max(stream_version) 
             f"SELECT event_id, stream_id, stream_version FROM {t} WHERE event_id = ANY($1)"
         )
         self.version = f"SELECT coalesce(max(stream_version), 0) FROM {t} WHERE stream_id = $1"
+        self.next_xid = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
         self.read = (
             f"SELECT {_COLUMNS} FROM {t} WHERE {after} AND {fence} "
             "ORDER BY transaction_id, global_position LIMIT $3"
@@ -162,7 +178,22 @@ class _PgAppender(StreamAppender):
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
     ) -> AppendResult:
-        return await self._store._append_on(self._conn, stream_id, events, expected_version)
+        self.raise_if_doomed()
+        encoded = check_batch(stream_id, events, self._store.limits)  # nothing sent if refused
+        try:
+            return await self._store._append_on(
+                self._conn, stream_id, events, encoded, expected_version
+            )
+        except ProjectionistError as exc:
+            self.failed = doom(exc)
+            raise
+        except BaseException:
+            # Cancelled mid-statement: the server cancels the statement, which aborts the
+            # transaction, or the statement ran and the caller no longer knows its outcome.
+            self.failed = doom(
+                StoreUnavailable(f"an append to stream {stream_id!r} was interrupted")
+            )
+            raise
 
 
 class PostgresEventStore(EventStore):
@@ -188,6 +219,10 @@ class PostgresEventStore(EventStore):
         self._commits: deque[tuple[int, float]] = deque(maxlen=_COMMITS_KEPT)
         """(highest transaction id notified so far, arrival) of each commit notified within
         the poll interval (see :meth:`_hidden_since`)."""
+        self._highest_read = 0
+        """The highest transaction id :meth:`read` has returned: checked against the server's
+        next one when the listener reconnects (a failover, see :meth:`check_reachable`)."""
+        self._lost: CheckpointAheadOfLog | None = None
 
     @classmethod
     async def connect(
@@ -249,7 +284,9 @@ class PostgresEventStore(EventStore):
                 f"server's next transaction id {row['xmax']}: the log was restored into another "
                 "cluster (pg_dump/pg_restore), so readers would see none of its history. Remedy: "
                 "with the server stopped, raise its next transaction id above the log's with "
-                "`pg_resetwal -x`, or restore physically (pg_basebackup); see docs/event-log.md."
+                f"`pg_resetwal -e {row['top'] >> 32} -x <above {row['top'] & 0xFFFFFFFF}>` "
+                "(epoch and 32-bit id; read pg_resetwal's notes on -x first), or restore "
+                "physically (pg_basebackup); see docs/event-log.md."
             )
 
     async def _append_on(
@@ -257,14 +294,15 @@ class PostgresEventStore(EventStore):
         conn: asyncpg.Connection,
         stream_id: str,
         events: Sequence[NewEvent],
+        encoded: Sequence[tuple[str, str]],
         expected_version: int | None,
         *,
         alone: bool = False,
     ) -> AppendResult:
         """Append on ``conn``: inside the caller's transaction, or ``alone`` as one statement
         in its own implicit transaction (committed when the statement ends, so the fence is
-        held for the statement only, never across a round trip to this process)."""
-        encoded = check_batch(stream_id, events, self.limits)
+        held for the statement only, never across a round trip to this process). ``encoded``
+        is :func:`check_batch`'s result for ``events``."""
         try:
             row = await conn.fetchrow(
                 self._sql.append_alone if alone else self._sql.append,
@@ -290,7 +328,7 @@ class PostgresEventStore(EventStore):
                 raise InvalidEvent(f"stream {stream_id!r}: {exc}") from None
             what = f"appending to stream {stream_id!r}"
             raise translate_pg_error(exc, what, in_commit=alone) from None
-        except (OSError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             # Alone, the statement is its own commit: a connection lost during it may or may
             # not have committed.
             what = f"appending to stream {stream_id!r}"
@@ -363,12 +401,15 @@ class PostgresEventStore(EventStore):
         """One stream's events in one statement, committed by it (one round trip; the fence is
         held while the server runs the statement, not while this process gets to COMMIT). A
         connection lost during the statement raises :class:`~core.errors.AmbiguousCommit`."""
+        encoded = check_batch(stream_id, events, self.limits)
         try:
             conn = await self.pool.acquire()
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc, f"appending to stream {stream_id!r}") from None
         try:
-            return await self._append_on(conn, stream_id, events, expected_version, alone=True)
+            return await self._append_on(
+                conn, stream_id, events, encoded, expected_version, alone=True
+            )
         finally:
             await self.pool.release(conn)
 
@@ -379,6 +420,11 @@ class PostgresEventStore(EventStore):
         Whatever the block raises propagates unchanged after a rollback (an ``OSError`` of the
         caller's own, such as ``TimeoutError``, is not a failed commit). Only a failure of the
         COMMIT itself becomes :class:`~core.errors.AmbiguousCommit` or another core error.
+
+        An append that failed once it reached the server dooms the transaction (Postgres has
+        aborted it, or it may hold part of a refused batch): later appends raise that error
+        again, and the block's end rolls back and raises it again even if the block caught it,
+        so nothing of a doomed transaction is ever reported as committed.
         """
         try:
             conn = await self.pool.acquire()
@@ -390,8 +436,10 @@ class PostgresEventStore(EventStore):
                 await tx.start()
             except DRIVER_ERRORS as exc:
                 raise translate_pg_error(exc, "opening an append transaction") from None
+            appender = _PgAppender(self, conn)
             try:
-                yield _PgAppender(self, conn)
+                yield appender
+                appender.raise_if_doomed()
             except BaseException:
                 # A lost connection cannot roll back, but then nothing was committed either.
                 with (
@@ -414,10 +462,20 @@ class PostgresEventStore(EventStore):
             raise translate_pg_error(exc, what) from None
 
     async def read(self, after: Position, limit: int) -> list[EventEnvelope]:
+        if self._lost is not None:
+            raise self._lost
         rows = await self._fetch(
             "reading the event log", self._sql.read, str(after[0]), after[1], limit
         )
+        if rows and rows[-1][8] > self._highest_read:
+            self._highest_read = rows[-1][8]
         return [_envelope(r) for r in rows]
+
+    async def check_reachable(self, position: Position, owner: str) -> None:
+        rows = await self._fetch("reading the snapshot", self._sql.next_xid)
+        next_xid = int(rows[0][0])
+        if position.transaction_id >= next_xid:
+            raise CheckpointAheadOfLog(ahead_of_log(owner, position, next_xid))
 
     async def read_stream(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
@@ -458,9 +516,7 @@ class PostgresEventStore(EventStore):
         return float(rows[0][0])
 
     async def settle(self, timeout: float) -> bool:
-        rows = await self._fetch(
-            "reading the snapshot", "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-        )
+        rows = await self._fetch("reading the snapshot", self._sql.next_xid)
         target = int(rows[0][0])
         with anyio.move_on_after(timeout):
             while True:
@@ -502,19 +558,34 @@ class PostgresEventStore(EventStore):
         return since
 
     async def _ensure_listener(self) -> None:
-        """One LISTEN connection for the whole store: lanes waiting at once share it."""
+        """One LISTEN connection for the whole store: lanes waiting at once share it.
+
+        A new connection after one was lost (the server restarted, or failed over) first
+        checks that the server still has every transaction this store has read: if not, every
+        later :meth:`read` raises :class:`~core.errors.CheckpointAheadOfLog` (the lanes halt)
+        instead of waiting for good behind positions the new server hands out again."""
         async with self._listener_lock:
             if self._listener is not None and not self._listener.is_closed():
                 return
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn)
-                await conn.add_listener(f"{self.schema}_events", self._notified)
-            except DRIVER_ERRORS:
+                with anyio.fail_after(self.poll_interval):  # never past a poll's wait
+                    conn = await asyncpg.connect(self._dsn)
+                    next_xid = int(await conn.fetchval(self._sql.next_xid))
+                    await conn.add_listener(f"{self.schema}_events", self._notified)
+            except _LISTENER_ERRORS:
                 if conn is not None:
                     conn.terminate()
                 self._listener = None  # fall back to polling until the next call retries
                 return
+            if self._highest_read >= next_xid and self._lost is None:
+                self._lost = CheckpointAheadOfLog(
+                    ahead_of_log(
+                        f"the event store's reader ({self.schema})",
+                        Position(self._highest_read, 0),
+                        next_xid,
+                    )
+                )
             self._listener = conn
 
     async def wait_for_new(
@@ -534,6 +605,11 @@ class PostgresEventStore(EventStore):
             await signal.wait()
 
     async def close(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            await self._listener.close()
-        await self.pool.close()
+        async with self._listener_lock:  # not while a reconnect is under way
+            listener, self._listener = self._listener, None
+        try:
+            if listener is not None and not listener.is_closed():
+                with suppress(*DRIVER_ERRORS):
+                    await listener.close()
+        finally:
+            await self.pool.close()

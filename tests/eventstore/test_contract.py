@@ -10,9 +10,15 @@ from time import monotonic
 from typing import Any, ClassVar
 
 import anyio
+import anyio.abc
 import pytest
 
-from core.errors import ConcurrencyError, ConfigurationError, InvalidEvent
+from core.errors import (
+    CheckpointAheadOfLog,
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidEvent,
+)
 from core.events import DomainEvent, EventRegistry, NewEvent, RawEvent
 from core.eventstore import ANY, NO_STREAM, EventStore
 from core.position import START, Position
@@ -150,6 +156,86 @@ async def test_multi_stream_transaction_rolls_back_both(store: EventStore) -> No
     assert retry.next_expected_version == 1
 
 
+async def _refused(tx: Any, stream: str, batch: list[NewEvent], error: type[Exception]) -> None:
+    """Append in ``tx`` and expect ``error``, caught as a caller inside the block might."""
+    with pytest.raises(error):
+        await tx.append(stream, batch, NO_STREAM)
+
+
+async def test_a_failed_append_dooms_its_transaction(store: EventStore) -> None:
+    """A failure caught inside the block does not let the rest commit: Postgres has aborted
+    the transaction, so a commit would silently write nothing (asyncpg does not check)."""
+    await store.append("doom-b", events(1), NO_STREAM)
+
+    async def block() -> None:
+        async with store.transaction() as tx:
+            await tx.append("doom-a", events(1), NO_STREAM)
+            await _refused(tx, "doom-b", events(1), ConcurrencyError)
+            await _refused(tx, "doom-c", events(1), ConcurrencyError)  # doomed: raised again
+
+    with pytest.raises(ConcurrencyError) as caught:
+        await block()
+    assert "rolled back" in "".join(getattr(caught.value, "__notes__", []))
+    assert await store.read_stream("doom-a") == [] and await store.read_stream("doom-c") == []
+    assert [e.stream_id for e in await read_until(store, 1)] == ["doom-b"]
+
+
+async def _holding(
+    store: EventStore, stream: str, batch: list[NewEvent], held: anyio.Event, release: anyio.Event
+) -> None:
+    """Append ``batch`` to ``stream`` in a transaction left open until ``release``."""
+    async with store.transaction() as tx:
+        await tx.append(stream, batch, NO_STREAM)
+        held.set()
+        await release.wait()
+
+
+async def _after(seconds: float, release: anyio.Event) -> None:
+    await anyio.sleep(seconds)
+    release.set()
+
+
+async def test_an_append_that_lost_a_race_dooms_its_transaction(store: EventStore) -> None:
+    """The append waits for the open transaction holding the same stream version, then loses
+    to its commit (in Postgres, a unique violation that aborts the transaction)."""
+    held, release = anyio.Event(), anyio.Event()
+
+    async def block(group: anyio.abc.TaskGroup) -> None:
+        async with store.transaction() as tx:
+            await tx.append("race-a", events(1), NO_STREAM)
+            group.start_soon(_after, 0.3, release)
+            await _refused(tx, "race-b", events(1), ConcurrencyError)  # waits, then loses
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(_holding, store, "race-b", events(1), held, release)
+        await held.wait()
+        with pytest.raises(ConcurrencyError):
+            await block(group)
+    assert await store.read_stream("race-a") == []
+    assert [e.stream_version for e in await store.read_stream("race-b")] == [1]
+
+
+async def test_a_batch_refused_after_a_race_on_its_ids_writes_nothing(store: EventStore) -> None:
+    """Another transaction commits one of the batch's ids meanwhile: the batch is refused,
+    and nothing of it (or of its transaction) is committed, so no version is skipped."""
+    first, shared, last = events(3)
+    held, release = anyio.Event(), anyio.Event()
+
+    async def block(group: anyio.abc.TaskGroup) -> None:
+        async with store.transaction() as tx:
+            group.start_soon(_after, 0.3, release)
+            await _refused(tx, "ids-s", [first, shared, last], InvalidEvent)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(_holding, store, "ids-other", [shared], held, release)
+        await held.wait()
+        with pytest.raises(InvalidEvent, match="already appended"):
+            await block(group)
+    assert await store.read_stream("ids-s") == []
+    later = await store.append("ids-s", [first, last], NO_STREAM)
+    assert (later.next_expected_version, later.written) == (2, 2)
+
+
 @pytest.mark.parametrize(
     "error",
     [Boom("mine"), TimeoutError("my own deadline"), ConnectionRefusedError("my http call")],
@@ -177,6 +263,20 @@ async def test_open_transaction_holds_back_later_commits(store: EventStore) -> N
         assert [e.stream_id for e in await store.read_stream("late-1")] == ["late-1"]
     got = await read_until(store, 3)
     assert [e.stream_id for e in got] == ["early-1", "early-1", "late-1"]
+
+
+async def test_a_position_beyond_the_next_transaction_id_is_refused(store: EventStore) -> None:
+    """A checkpoint the log can no longer be behind (it lost transactions that were read)."""
+    await store.append("reach-1", events(2), NO_STREAM)
+    head = await store.head()
+    assert head is not None
+    await store.check_reachable(head, "order_summary@postgres")
+    await store.check_reachable(START, "order_summary@postgres")
+    ahead = Position(head.transaction_id + 1_000_000, 1)
+    with pytest.raises(CheckpointAheadOfLog) as caught:
+        await store.check_reachable(ahead, "order_summary@postgres")
+    text = str(caught.value)
+    assert str(ahead) in text and "projectionist rebuild order_summary@postgres" in text
 
 
 async def test_read_stream_ranges(store: EventStore) -> None:

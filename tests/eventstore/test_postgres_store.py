@@ -13,6 +13,7 @@ import pytest
 
 from core.errors import (
     AmbiguousCommit,
+    CheckpointAheadOfLog,
     ConcurrencyError,
     ConfigurationError,
     InvalidEvent,
@@ -21,7 +22,7 @@ from core.errors import (
 from core.events import NewEvent
 from core.eventstore import ANY, NO_STREAM
 from core.eventstore.postgres import PostgresEventStore
-from core.position import START
+from core.position import START, Position
 from tests.eventstore.support import PgStoreFactory, event, events, read_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -265,3 +266,51 @@ async def test_a_transaction_left_open_is_still_rolled_back_on_release(
         assert not conn.is_in_transaction()
         assert await conn.fetchval(f'SELECT count(*) FROM "{namespace}".lane_status') == 0
     await store.append("after-1", [event()], NO_STREAM)  # the connection still works
+
+
+async def test_a_reader_that_reconnects_to_a_server_behind_it_stops_reading(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection
+) -> None:
+    """A failover that lost the last commits: the new server hands out transaction ids that
+    this store has already read past. Simulated by what the store remembers having read (the
+    one thing a real failover changes the other side of); the listener's connection is cut,
+    as a failover cuts it. Every read then refuses, naming the remedy, instead of waiting for
+    good behind positions the server will hand out again."""
+    store = await pg_store_factory(poll_interval=0.2)
+    await store.append("fo-1", [event()], NO_STREAM)
+    assert len(await read_until(store, 1)) == 1
+    await store.wait_for_new(0.01)  # the listener is connected
+    assert store._listener is not None
+    pid = store._listener.get_server_pid()
+    store._highest_read = 1 << 40  # as if read from a server whose ids ran further
+    assert await pg_conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    with anyio.fail_after(10):
+        while store._listener is not None and not store._listener.is_closed():
+            await anyio.sleep(0.02)
+        await store.wait_for_new(0.01)  # reconnects, and compares
+    with pytest.raises(CheckpointAheadOfLog, match="projectionist rebuild"):
+        await store.read(START, 10)
+
+
+async def test_a_reader_that_reconnects_to_the_same_server_reads_on(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection
+) -> None:
+    """The check above does not refuse a plain reconnect (the server restarted or the
+    connection was cut): the counter is where it was."""
+    store = await pg_store_factory(poll_interval=0.2)
+    await store.append("rc-1", [event()], NO_STREAM)
+    first = await read_until(store, 1)
+    await store.wait_for_new(0.01)
+    assert store._listener is not None
+    assert await pg_conn.fetchval(
+        "SELECT pg_terminate_backend($1)", store._listener.get_server_pid()
+    )
+    with anyio.fail_after(10):
+        while store._listener is not None and not store._listener.is_closed():
+            await anyio.sleep(0.02)
+        await store.wait_for_new(0.01)
+    await store.append("rc-1", [event(2)], ANY)
+    assert len(await read_until(store, 1, after=first[-1].position)) == 1
+    await store.check_reachable(first[-1].position, "lane")
+    with pytest.raises(CheckpointAheadOfLog):
+        await store.check_reachable(Position(1 << 40, 1), "lane")

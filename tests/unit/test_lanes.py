@@ -5,13 +5,13 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from core.errors import StoreUnavailable
+from core.errors import CheckpointAheadOfLog, StoreUnavailable
 from core.events import NewEvent
 from core.eventstore import InMemoryEventStore
 from core.lane import Lane
 from core.lookups import StaticLookups
 from core.operations import Batch
-from core.position import START
+from core.position import START, Position
 from core.runner import Runner
 from core.sink import Target
 from core.strategy import ErrorPolicy, LaneState, Strategy
@@ -398,3 +398,20 @@ async def test_a_stop_lets_a_healthy_flush_finish() -> None:
     stored = sink.state(ln.target)
     assert stored.checkpoint == await store.head()
     assert stored.live_documents() == oracle(await everything(store))
+
+
+async def test_a_lane_whose_checkpoint_is_ahead_of_the_log_refuses_to_start() -> None:
+    """After a failover that lost commits, or a restore to an earlier point, the checkpoint
+    lies beyond the log: reading on would skip every event appended below it."""
+    store = InMemoryEventStore()
+    await fill(store, streams=2, adds=1)
+    sink = InMemorySink()
+    ln = lane(store, sink)
+    head = await store.head()
+    assert head is not None
+    sink.state(ln.target).checkpoint = Position(head.transaction_id + 50, 1)
+    with pytest.raises(CheckpointAheadOfLog, match="rebuild"):
+        await ln.run(until_caught_up=True)
+    sink.state(ln.target).checkpoint = head  # the same lane at a reachable checkpoint runs
+    await ln.run(until_caught_up=True)
+    assert ln.checkpoint == head
