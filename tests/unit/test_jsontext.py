@@ -40,6 +40,37 @@ json_values = st.recursive(
 
 
 @given(json_values)
+def test_loads_gives_what_the_standard_library_gives(value: Any) -> None:
+    """Integers past 64 bits included: orjson alone reads them as floats, silently."""
+    try:
+        text = _stdlib(value)
+    except (ValueError, TypeError):
+        return
+    expected = json.loads(text)
+    for form in (text, text.decode()):
+        got = jsontext.loads(form)
+        assert got == expected
+        assert _types(got) == _types(expected)
+
+
+@pytest.mark.parametrize(
+    "number", [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**40, -(10**19)]
+)
+def test_integers_at_and_past_64_bits_stay_integers(number: int) -> None:
+    for text in (str(number), f'{{"n":[{number}]}}'):
+        got = jsontext.loads(text)
+        assert got == json.loads(text) and _types(got) == _types(json.loads(text))
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_types(v) for v in value]
+    return type(value)
+
+
+@given(json_values)
 def test_dumps_gives_the_same_value_or_the_same_refusal_as_the_standard_library(
     value: Any,
 ) -> None:
