@@ -25,6 +25,8 @@ class PostgresDeadLetters(DeadLetterStore):
         self.table = f"{quote_ident(validate_name('event_store.schema', schema))}.dead_letters"
 
     async def park(self, letters: list[DeadLetter]) -> None:
+        # One row per event: a statement may not upsert one row twice (SQLSTATE 21000).
+        letters = list({(d.lane, d.event_id): d for d in letters}.values())
         if not letters:
             return
         query = f"""

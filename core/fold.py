@@ -134,9 +134,10 @@ def plan_gaps(
 
 
 def lookups_needed(projection: Projection, decoded: Iterable[Any]) -> set[LookupKey]:
+    """What the decoded events need looked up (events that failed to decode need nothing)."""
     needed: set[LookupKey] = set()
     for event in decoded:
-        if not isinstance(event, RawEvent):
+        if not isinstance(event, RawEvent | EventFailed):
             needed.update(projection.lookups(event))
     return needed
 
@@ -258,10 +259,21 @@ def _call_handler(
 
 
 def decode_or_fail(projection: Projection, envelope: EventEnvelope) -> Any:
+    """The typed event; a failure of decoding (an upcaster's bug included) is the event's
+    :class:`EventFailed`, which the lane's error policy handles, never the runner's crash."""
     try:
         return projection.decode(envelope)
     except InvalidEvent as exc:
         raise EventFailed(envelope, exc) from exc
+    except Exception as exc:
+        failure = InvalidEvent(
+            f"decoding event {envelope.event_id} ({envelope.event_type} "
+            f"v{envelope.schema_version}, stream {envelope.stream_id!r} "
+            f"v{envelope.stream_version}, position {envelope.position}) failed in "
+            f"{type(projection).__name__}'s registry (an upcaster?): "
+            f"{type(exc).__name__}: {exc}"
+        )
+        raise EventFailed(envelope, failure) from exc
 
 
 def apply_event(

@@ -109,7 +109,8 @@ class Lane(ParksRejectedDocuments):
         self.checkpoint: Position | None = None
         self.halted_at: Position | None = None
         self.stats = LaneStats()
-        self._blocked: dict[str, Any] = {}
+        self._blocked: dict[str, tuple[UUID, int]] = {}
+        """stream id -> (event id, version) of its first parked event"""
         self._skipped: set[UUID] = set()
         self._in_doubt: Position | None = None
         self._retried: set[UUID] = set()
@@ -187,7 +188,8 @@ class Lane(ParksRejectedDocuments):
         parked = [d for d in letters if d.status == "parked"]
         self._blocked = {}
         for letter in sorted(parked, key=lambda d: d.stream_version):
-            self._blocked.setdefault(letter.stream_id, letter.event_id)  # the first one blocks
+            # the first one blocks; its stream's earlier events are applied as usual
+            self._blocked.setdefault(letter.stream_id, (letter.event_id, letter.stream_version))
         self._skipped = {d.event_id for d in letters if d.status == "skipped"}
         self._retried = {d.event_id for d in letters if d.status == "retry"}
         self.stats.parked = len(parked)
@@ -306,9 +308,7 @@ class Lane(ParksRejectedDocuments):
         relevant = [e for e in events if projection.accepts(e)]
         if isinstance(projection, DocumentProjection):
             await self._load(relevant, pending)
-            gaps = [
-                g for g in plan_gaps(projection, relevant, pending) if g[0] not in self._blocked
-            ]
+            gaps = self._unblocked(plan_gaps(projection, relevant, pending))
             for stream_id, low, high in gaps:
                 found = await self._retrying(
                     f"reading stream {stream_id} to repair a gap",
@@ -340,6 +340,18 @@ class Lane(ParksRejectedDocuments):
             pending.events += 1
         return False
 
+    def _unblocked(self, gaps: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+        """The parts of ``gaps`` below their stream's parked event (none in a stream without
+        one): versions from the parked one on are held behind it, not read."""
+        out = []
+        for stream_id, low, high in gaps:
+            blocker = self._blocked.get(stream_id)
+            if blocker is not None:
+                high = min(high, blocker[1] - 1)
+            if low <= high:
+                out.append((stream_id, low, high))
+        return out
+
     def _apply(
         self,
         envelope: EventEnvelope,
@@ -347,14 +359,26 @@ class Lane(ParksRejectedDocuments):
         lookups: dict[LookupKey, Any],
         pending: Pending,
     ) -> bool:
-        """Apply one event; True means halt (nothing of this event was applied)."""
+        """Apply one event; True means halt (nothing of this event was applied).
+
+        A stream with a parked event holds that event's later versions (parked too, "held
+        behind" it) and applies its earlier ones as usual: a lane that replays from an older
+        checkpoint (a stop between parking and the sink's write, or a rebuild) meets them
+        again. The parked event itself, or one already parked in this batch, met again (a gap
+        repair read it before its turn in the log), is a no-op.
+        """
         key = envelope.stream_id
-        if key in self._blocked:
+        blocker = self._blocked.get(key)
+        if blocker is not None and envelope.stream_version >= blocker[1]:
+            if envelope.event_id == blocker[0] or any(
+                d.event_id == envelope.event_id for d in pending.parked
+            ):
+                return False
             state = pending.docs.get(key)
             if state is not None and envelope.stream_version <= state.version:
                 pending.duplicates += 1
                 return False
-            self._park(envelope, pending, f"held behind parked event {self._blocked[key]}")
+            self._park(envelope, pending, f"held behind parked event {blocker[0]}")
             return False
         try:
             skip = envelope.event_id in self._skipped
@@ -369,11 +393,13 @@ class Lane(ParksRejectedDocuments):
                 log.error("lane %s halted at %s: %s", self.name, envelope.position, failed.cause)
                 return True
             self._park(envelope, pending, str(failed.cause))
-            self._blocked[key] = envelope.event_id
+            if blocker is None or envelope.stream_version < blocker[1]:
+                self._blocked[key] = (envelope.event_id, envelope.stream_version)
         return False
 
     def _park(self, envelope: EventEnvelope, pending: Pending, error: str) -> None:
-        blocked_by = self._blocked.get(envelope.stream_id)
+        blocker = self._blocked.get(envelope.stream_id)
+        blocked_by = blocker[0] if blocker is not None else None
         pending.parked.append(DeadLetter.of(self.name, envelope, error, blocked_by))
         self.stats.parked += 1
         log.warning(

@@ -38,7 +38,8 @@ class ParksRejectedDocuments:
     policy: ErrorPolicy
     dead_letters: DeadLetterStore
     stats: LaneStats
-    _blocked: dict[str, UUID]
+    _blocked: dict[str, tuple[UUID, int]]
+    """stream id -> (event id, version) of its first parked event"""
 
     async def _retrying(
         self, what: str, fn: Callable[[], Awaitable[Any]], *, shielded: bool = False
@@ -100,7 +101,7 @@ class ParksRejectedDocuments:
         await self._retrying(
             "parking events", lambda: self.dead_letters.park(letters), shielded=True
         )
-        self._blocked[key] = first
+        self._blocked[key] = (first, events[0].stream_version)
         self.stats.parked += len(letters)
         self.stats.last_error = str(rejected)
         pending.docs[key] = (

@@ -11,6 +11,8 @@ import anyio
 import asyncpg
 import pytest
 
+from core.deadletters import DeadLetter
+from core.deadletters_pg import PostgresDeadLetters
 from core.errors import (
     AmbiguousCommit,
     CheckpointAheadOfLog,
@@ -314,3 +316,17 @@ async def test_a_reader_that_reconnects_to_the_same_server_reads_on(
     await store.check_reachable(first[-1].position, "lane")
     with pytest.raises(CheckpointAheadOfLog):
         await store.check_reachable(Position(1 << 40, 1), "lane")
+
+
+async def test_parking_one_event_twice_in_one_call_keeps_one_letter(
+    pg_store_factory: PgStoreFactory, namespace: str
+) -> None:
+    """One upsert statement may not touch a row twice (SQLSTATE 21000): a lane that met one
+    poisoned event twice in a batch must not halt on its own dead letters."""
+    store = await pg_store_factory()
+    await store.append("dl-1", [event()], NO_STREAM)
+    [envelope] = await read_until(store, 1)
+    letters = PostgresDeadLetters(store.pool, namespace)
+    letter = DeadLetter.of("tally@memory", envelope, "poisoned")
+    await letters.park([letter, letter])
+    assert [d.event_id for d in await letters.find("tally@memory")] == [envelope.event_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from core.deadletters import DeadLetter, InMemoryDeadLetters
 from core.errors import CheckpointAheadOfLog, StoreUnavailable
 from core.events import NewEvent
 from core.eventstore import InMemoryEventStore
@@ -12,6 +13,7 @@ from core.lane import Lane
 from core.lookups import StaticLookups
 from core.operations import Batch
 from core.position import START, Position
+from core.retry import Backoff
 from core.runner import Runner
 from core.sink import Target
 from core.strategy import ErrorPolicy, LaneState, Strategy
@@ -415,3 +417,77 @@ async def test_a_lane_whose_checkpoint_is_ahead_of_the_log_refuses_to_start() ->
     sink.state(ln.target).checkpoint = head  # the same lane at a reachable checkpoint runs
     await ln.run(until_caught_up=True)
     assert ln.checkpoint == head
+
+
+def poison() -> NewEvent:
+    return NewEvent(event_type="Poison")
+
+
+async def test_a_stop_between_parking_and_writing_parks_no_earlier_event() -> None:
+    """The dead letters commit before the sink's batch: a stop between the two replays the
+    stream's earlier events with its parked event known. They are applied, not held behind
+    it, and the parked event met again is not parked twice."""
+    store = InMemoryEventStore()
+    await store.append("tally-1", [opened(), added(5), poison(), added(7)])
+    letters = InMemoryDeadLetters()
+    down = FlakySink(fail_before=range(1, 10_000))
+    first = lane(store, down, policy=ErrorPolicy.PARK, dead_letters=letters)
+    first.backoff = Backoff(base=0.01, cap=0.02)
+    async with anyio.create_task_group() as group:
+        group.start_soon(first.run)
+        with anyio.fail_after(5):
+            while down.calls < 2:  # parked, then the write failed: stopped during its retries
+                await anyio.sleep(0.005)
+        group.cancel_scope.cancel()
+    assert [d.stream_version for d in await letters.find(first.name)] == [3, 4]
+    sink = InMemorySink()
+    again = lane(store, sink, policy=ErrorPolicy.PARK, dead_letters=letters)
+    await again.run(until_caught_up=True)
+    doc = sink.state(again.target).live_documents()["tally-1"]
+    assert (doc["count"], doc["total"]) == (1, 5)
+    assert [(d.stream_version, d.status) for d in await letters.find(again.name, "any")] == [
+        (3, "parked"),
+        (4, "parked"),
+    ]
+
+
+class OneLetterAnEvent(InMemoryDeadLetters):
+    """Refuses a call that parks one event twice, as the Postgres store's one statement does
+    (an upsert may not touch a row twice)."""
+
+    async def park(self, letters: list[DeadLetter]) -> None:
+        ids = [d.event_id for d in letters]
+        assert len(ids) == len(set(ids)), "one park() call parks an event twice"
+        await super().park(letters)
+
+
+async def test_a_poison_read_early_by_a_gap_repair_is_parked_once() -> None:
+    """Fence order puts v3 before v2 (a transaction that took its id early); the gap repair
+    reads v2, a poison, and parks it; v2's own turn in the log is then a no-op."""
+    store = InMemoryEventStore()
+    await store.append("tally-1", [opened()])
+    async with store.transaction() as early:
+        await early.append("other-x", [NewEvent(event_type="Unrelated")])
+        await store.append("tally-1", [poison()])  # v2, committed first, a later id
+        await early.append("tally-1", [added(5)], expected_version=2)  # v3, the earlier id
+    letters = OneLetterAnEvent()
+    ln = lane(store, InMemorySink(), policy=ErrorPolicy.PARK, dead_letters=letters)
+    await ln.run(until_caught_up=True)
+    assert sorted(d.stream_version for d in await letters.find(ln.name)) == [2, 3]
+    assert ln.stats.parked == 2
+
+
+async def test_an_upcaster_that_fails_is_the_events_failure_under_the_park_policy() -> None:
+    """Not the runner's crash: the event is parked, naming itself, and other streams go on."""
+    store = InMemoryEventStore()
+    broken = NewEvent(event_type="Added", schema_version=1, data={"x": 3})  # no "n"
+    await store.append("tally-1", [opened(), broken])
+    await store.append("tally-2", [opened(), added(4)])
+    sink = InMemorySink()
+    ln = lane(store, sink, policy=ErrorPolicy.PARK)
+    await Runner(store, [ln]).run(until_caught_up=True)
+    assert ln.state is LaneState.IDLE
+    assert sink.state(ln.target).live_documents()["tally-2"]["total"] == 4
+    [letter] = await ln.dead_letters.find(ln.name)
+    assert letter.stream_id == "tally-1" and "KeyError" in letter.error
+    assert "upcaster" in letter.error and str(letter.event_id) in letter.error
