@@ -221,14 +221,18 @@ class ElasticsearchSink(Sink):
         return send
 
     async def reset(self, target: Target) -> None:
-        """Delete the generation's index and the lane's checkpoint; ``prepare`` recreates them
-        (for generation 1 with the alias again: searchers see the index refill)."""
+        """Delete the lane's checkpoint, then the generation's index; ``prepare`` recreates
+        them (for generation 1 with the alias again: searchers see the index refill).
+
+        In that order: a reset cut between the two leaves the documents without a checkpoint
+        (the lane replays over them; external versions make that a no-op), never a checkpoint
+        past documents that are gone."""
+        await self.checkpoints.delete(target)
         await self.cluster.call(
             f"deleting {self.index(target)}",
             lambda c: c.indices.delete(index=self.index(target)),
             missing_ok=True,
         )
-        await self.checkpoints.delete(target)
 
     async def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {

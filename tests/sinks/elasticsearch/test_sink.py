@@ -292,3 +292,39 @@ async def test_describe(sink: ElasticsearchSink) -> None:
     facts = await sink.describe()
     assert facts["server_version"].startswith("9.")
     assert facts["cluster_status"] in ("green", "yellow")
+
+
+async def test_a_reset_cut_halfway_never_leaves_a_checkpoint_past_lost_documents(
+    sink: ElasticsearchSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever of its two deletes comes second fails (a stop, or the cluster going away):
+    a checkpoint that survives must have its documents beside it."""
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([PutDocument("order-1", 1, order(1))], None, P(10, 1)))
+    steps: list[str] = []
+    call, delete = sink.cluster.call, sink.checkpoints.delete
+
+    def step(name: str) -> None:
+        steps.append(name)
+        if len(steps) == 2:
+            raise StoreUnavailable(f"cut before the second step ({name})")
+
+    async def cut_call(what: str, fn: Any, **kwargs: Any) -> Any:
+        if what.startswith("deleting"):
+            step("index")
+        return await call(what, fn, **kwargs)
+
+    async def cut_delete(of: Target) -> None:
+        step("checkpoint")
+        await delete(of)
+
+    monkeypatch.setattr(sink.cluster, "call", cut_call)
+    monkeypatch.setattr(sink.checkpoints, "delete", cut_delete)
+    with pytest.raises(StoreUnavailable):
+        await sink.reset(t)
+    monkeypatch.undo()
+    await sink.prepare(t)
+    if await sink.read_checkpoint(t) is not None:
+        assert set(await sink.load(t, ["order-1"])) == {"order-1"}
+    assert steps == ["checkpoint", "index"]
