@@ -1,9 +1,12 @@
 """redis-py exceptions -> :mod:`core.errors`, at the sink boundary, with secrets masked.
 
 * Refused or lost connections, timeouts, ``LOADING`` (a restart reading its data back),
-  ``BUSY`` (a long script), ``READONLY`` / ``MASTERDOWN`` / ``TRYAGAIN`` / ``CLUSTERDOWN``
-  (failover) and ``OOM`` (``maxmemory`` reached under ``noeviction``) are
-  :class:`~core.errors.StoreUnavailable`: transient, retried by the lane.
+  ``BUSY`` (a long script), ``READONLY`` / ``MASTERDOWN`` / ``TRYAGAIN`` / ``CLUSTERDOWN`` /
+  ``MOVED`` / ``ASK`` (failover, resharding), ``MISCONF`` (a snapshot cannot be written, the
+  disk is full), ``NOREPLICAS`` and ``OOM`` (``maxmemory`` reached under ``noeviction``) are
+  :class:`~core.errors.StoreUnavailable`: transient, retried by the lane. redis-py strips the
+  code from the replies it knows and raises its own classes for them (``ReadOnlyError``,
+  ``ClusterDownError``, ...), so those are matched by class, the others by their code.
 * A connection lost after a batch script was sent is decided by the sink, not here: it is an
   :class:`~core.errors.AmbiguousCommit` (the script may have run).
 * Authentication failures, missing ACL permissions, an untrusted TLS certificate and a key
@@ -34,8 +37,13 @@ _TRANSIENT_REPLIES = (
     "MOVED",
     "ASK",
     "READONLY",
+    "MISCONF",
+    "NOREPLICAS",
     "ERR max number of clients",
 )
+_TRANSIENT_CLASSES = (rx.ReadOnlyError, rx.ClusterDownError, rx.TryAgainError, rx.AskError)
+"""redis-py's classes for replies it strips the code from (``MasterDownError`` is a
+``ClusterDownError``, ``MovedError`` an ``AskError``)."""
 DRIVER_ERRORS = (rx.RedisError, OSError, TimeoutError)
 """What a call into redis-py may raise for a store reason (anything else is a bug)."""
 
@@ -95,6 +103,8 @@ def translate(
         )
     if isinstance(exc, rx.BusyLoadingError):
         return StoreUnavailable(f"Redis is loading its dataset while {where}: {text}")
+    if isinstance(exc, _TRANSIENT_CLASSES):
+        return StoreUnavailable(f"Redis answered {text} while {where}")
     if isinstance(exc, rx.ResponseError):
         reply = str(exc)
         if reply.startswith(_TRANSIENT_REPLIES):

@@ -370,3 +370,50 @@ async def test_tls(private_redis: Start, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="certificate"):
         async with RedisSink(untrusted):
             pass
+
+
+async def test_a_server_turned_replica_is_retried_not_refused(private_redis: Start) -> None:
+    """A failover makes the old primary a read-only replica: ``READONLY`` (which redis-py
+    raises as its own ReadOnlyError, without the code) is transient, and the write goes
+    through once the server takes writes again."""
+    server = private_redis()
+    async with RedisSink(RedisSinkSettings(url=server.url)) as sink:
+        await sink.prepare(TARGET)
+        await sink.write(TARGET, Batch("order_cache@redis", docs(3, 10), None, P1))
+        admin = server.admin()
+        try:
+            admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a primary that never answers
+            second = Batch("order_cache@redis", docs(3, 10, version=2), P1, P2)
+            with pytest.raises(StoreUnavailable, match="read only replica"):
+                await sink.write(TARGET, second)
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            admin.close()
+        await sink.write(TARGET, second)
+        snap = await snapshot(sink.client, layout_for(TARGET))
+        assert snap.checkpoint() == P2 and set(snap.versions.values()) == {2}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "READONLY You can't write against a read only replica.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+        "CLUSTERDOWN The cluster is down",
+        "MOVED 3999 127.0.0.1:6381",
+        "ASK 3999 127.0.0.1:6381",
+        "MISCONF Redis is configured to save RDB snapshots, but it's unable to persist to disk.",
+        "NOREPLICAS Not enough good replicas to write.",
+        "BUSY Redis is busy running a script.",
+        "LOADING Redis is loading the dataset in memory",
+    ],
+)
+def test_failover_and_persistence_replies_are_transient(reply: str) -> None:
+    """Each reply as redis-py raises it (its parser strips the code of the ones it knows)."""
+    from redis._parsers.base import BaseParser
+
+    from sinks.redis.errors import translate
+
+    error = translate(BaseParser.parse_error(reply), "writing a batch", "127.0.0.1:6379")
+    assert isinstance(error, StoreUnavailable), (reply, error)
