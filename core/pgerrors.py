@@ -14,11 +14,20 @@ from core.errors import (
 )
 from core.redact import redact_text
 
-__all__ = ("DRIVER_ERRORS", "TRANSIENT_SQLSTATE_CLASSES", "translate_pg_error")
+__all__ = (
+    "DRIVER_ERRORS",
+    "TRANSIENT_SQLSTATES",
+    "TRANSIENT_SQLSTATE_CLASSES",
+    "translate_pg_error",
+)
 
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 """Connection exception, transaction rollback (serialization, deadlock), insufficient
 resources, operator intervention (admin shutdown, cancel), system error."""
+TRANSIENT_SQLSTATES = ("55P03", "25006")
+"""Single states of other classes that pass: a lock not available (``lock_timeout`` behind
+another session's lock or an index build) and a read-only transaction (a standby, or a pooler
+still pointing at the old primary during a failover)."""
 
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -62,7 +71,7 @@ def translate_pg_error(
             return ConfigurationError(
                 "postgres_dsn", "***", f"{what}: {exc}; create the database or fix the DSN"
             )
-        if state.startswith(TRANSIENT_SQLSTATE_CLASSES):
+        if state.startswith(TRANSIENT_SQLSTATE_CLASSES) or state in TRANSIENT_SQLSTATES:
             if in_commit and state.startswith(("08", "57")):
                 return AmbiguousCommit(text)
             return StoreUnavailable(text)

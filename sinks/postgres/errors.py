@@ -1,7 +1,8 @@
 """asyncpg exceptions to the core error tree, at the sink's boundary.
 
 * connection lost, refused, timed out, too many connections, serialization failure, deadlock,
-  admin shutdown: :class:`~core.errors.StoreUnavailable` (retried);
+  admin shutdown, a lock not available (``lock_timeout``), a read-only transaction (a standby
+  during a failover): :class:`~core.errors.StoreUnavailable` (retried);
 * the connection lost while ``COMMIT`` was in flight: :class:`~core.errors.AmbiguousCommit`
   (the lane re-reads the checkpoint to learn whether it landed);
 * a value the database refuses (SQLSTATE classes 22 data, 23 integrity, 54 limits): located

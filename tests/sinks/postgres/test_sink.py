@@ -310,3 +310,35 @@ async def test_the_sinks_pool_goes_back_without_a_reset_round_trip(pg: PgEnv) ->
         async with sink.pool.acquire() as conn:
             await conn.execute("SET application_name = 'left-behind'")
         assert await sink.pool.fetchval("SHOW application_name") == "left-behind"
+
+
+async def test_a_read_only_server_and_a_lock_timeout_are_transient(pg: PgEnv) -> None:
+    """A standby (or a pooler still on the old primary) refuses writes with 25006, and a
+    ``lock_timeout`` behind another session's lock gives up with 55P03: both pass, so the lane
+    retries instead of halting."""
+    sink = await opened(pg)
+    first = batch([PutDocument("a", 1, order("a"))], None, Position(5, 5))
+    await sink.write(TARGET, first)
+    await sink.close()
+    second = batch([PutDocument("b", 1, order("b"))], Position(5, 5), Position(6, 6))
+    standby = pg.sink(dsn=f"{pg.dsn}?default_transaction_read_only=on")
+    await standby.open()
+    try:
+        with pytest.raises(StoreUnavailable, match="read-only transaction"):
+            await standby.write(TARGET, second)
+    finally:
+        await standby.close()
+    waiting = pg.sink(dsn=f"{pg.dsn}?lock_timeout=200")
+    await waiting.open()
+    holder = await asyncpg.connect(pg.dsn)
+    try:
+        async with holder.transaction():
+            table = f'"{pg.schema}".order_detail_g1'
+            await holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailable, match="lock"):
+                await waiting.write(TARGET, second)
+        await waiting.write(TARGET, second)  # the lock gone, the same batch lands
+        assert await waiting.read_checkpoint(TARGET) == Position(6, 6)
+    finally:
+        await holder.close()
+        await waiting.close()
