@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ("CATCH_UP_BATCH", "ErrorPolicy", "LaneState", "Strategy")
 
@@ -32,6 +32,13 @@ class LaneState(StrEnum):
     STOPPED = "stopped"
 
 
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "near_real_time": {"max_delay": 0.5, "max_batch": 5_000},
+    "batch": {"max_delay": 3600.0, "max_batch": 200_000, "read_size": 5_000},
+}
+"""Defaults that differ by kind (the constructors of :class:`Strategy` give the same)."""
+
+
 class Strategy(BaseModel):
     """When a lane flushes what it has folded.
 
@@ -45,6 +52,35 @@ class Strategy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["immediate", "near_real_time", "batch"] = "immediate"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_its_kind(cls, data: Any) -> Any:
+        """A strategy written as settings (``{kind = "batch"}`` in projectionist.toml) gets
+        its kind's defaults, as the constructors below give them: without this, a batch lane
+        took ``max_delay = 0`` and flushed after every read. ``interval`` is the batch
+        strategy's name for ``max_delay``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        kind = data.get("kind", "immediate")
+        if "interval" in data:
+            if kind != "batch":
+                raise ValueError(f"interval is the batch strategy's period; {kind} takes max_delay")
+            if "max_delay" in data:
+                raise ValueError("set interval or max_delay, not both")
+            data["max_delay"] = data.pop("interval")
+        for name, value in _KIND_DEFAULTS.get(kind, {}).items():
+            data.setdefault(name, value)
+        if kind == "immediate":
+            if data.get("max_delay", 0) != 0:
+                raise ValueError(
+                    "an immediate lane flushes after every read: max_delay must be 0 "
+                    "(near_real_time waits up to max_delay)"
+                )
+            data.setdefault("read_size", data.get("max_batch", 1_000))
+        return data
+
     max_batch: int = Field(default=1_000, ge=1, le=1_000_000)
     max_delay: float = Field(default=0.0, ge=0.0, le=7 * 24 * 3600)
     read_size: int = Field(default=1_000, ge=1, le=100_000)
