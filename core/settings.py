@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -147,10 +149,26 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = Path(os.environ.get("PROJECTIONIST_CONFIG", "projectionist.toml"))
+        named = os.environ.get("PROJECTIONIST_CONFIG")
+        toml = Path(named or "projectionist.toml")
+        if named and not toml.is_file():
+            # a typo here would run the built-in lanes against the configured stores
+            raise ConfigurationError(
+                "PROJECTIONIST_CONFIG",
+                named,
+                "no such file: point it at the configuration file, or unset it to read "
+                "./projectionist.toml (when there is one) and the environment only",
+            )
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigurationError(
+                    "PROJECTIONIST_CONFIG" if named else "projectionist.toml",
+                    str(toml),
+                    f"not valid TOML: {exc}; fix the file",
+                ) from None
         return tuple(sources)
 
     def secrets(self) -> tuple[str, ...]:
@@ -167,6 +185,10 @@ def load_settings(**overrides: Any) -> Settings:
     the field, the value and what is allowed (never a secret)."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # an environment variable that should hold JSON does not
+        raise ConfigurationError(
+            "environment", "PROJECTIONIST_*", redact_text(f"{exc}: set it to valid JSON")
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"

@@ -73,6 +73,38 @@ def test_unknown_projection_is_refused_before_any_connection(tmp_path: Path) -> 
     assert "has no 'Nope'" in line
 
 
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        pytest.param(
+            {"PROJECTIONIST_CONFIG": "missing.toml"},
+            ["PROJECTIONIST_CONFIG", "missing.toml", "no such file"],
+            id="a-config-path-that-does-not-exist",
+        ),
+        pytest.param(
+            {"PROJECTIONIST_CONFIG": "bad.toml"},
+            ["bad.toml", "not valid TOML", "fix the file"],
+            id="a-config-that-is-not-toml",
+        ),
+        pytest.param(
+            {"PROJECTIONIST_LANES": "notjson"},
+            ['"lanes"', "valid JSON"],
+            id="an-environment-variable-that-is-not-json",
+        ),
+    ],
+)
+def test_a_configuration_that_cannot_be_read_is_one_line(
+    tmp_path: Path, setup: dict[str, str], expected: list[str]
+) -> None:
+    """Never the built-in lanes in place of a mistyped file, never a traceback."""
+    (tmp_path / "bad.toml").write_text("poll_interval = [1\n")
+    env = {"PROJECTIONIST_POSTGRES_DSN": "postgresql://u:hidden-pw@127.0.0.1:1/db", **setup}
+    line = one_line_error(cli("status", env=env, cwd=tmp_path))
+    for part in expected:
+        assert part in line
+    assert "hidden-pw" not in line
+
+
 @pytest.mark.postgres
 def test_wrong_password_is_refused_without_showing_it(postgres_dsn: str, tmp_path: Path) -> None:
     wrong = postgres_dsn.replace("projectionist:projectionist@", "projectionist:Wr0ng-pw@")
