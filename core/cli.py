@@ -16,8 +16,10 @@ from uuid import UUID
 
 import anyio
 import asyncpg
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.app import App, select_lanes, tune_collector
@@ -58,17 +60,37 @@ def _guarded(fn: Callable[[Settings], T]) -> T:
         secrets = settings.secrets()
         return fn(settings)
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {redact_text(str(exc), secrets)}")
+        err.print(f"[red]configuration error:[/red] {_text(exc, secrets)}")
         raise typer.Exit(2) from None
     except StoreUnavailable as exc:
         err.print(
-            f"[red]cannot reach a service:[/red] {redact_text(str(exc), secrets)} "
+            f"[red]cannot reach a service:[/red] {_text(exc, secrets)} "
             "(is it running? `scripts/services status`; check the PROJECTIONIST_* addresses)"
         )
         raise typer.Exit(2) from None
     except ProjectionistError as exc:
-        err.print(f"[red]error:[/red] {redact_text(str(exc), secrets)}")
+        err.print(f"[red]error:[/red] {_text(exc, secrets)}")
         raise typer.Exit(1) from None
+    except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as exc:
+        # Not "its lanes halted" (1): a supervisor must stop the others and report it.
+        log.error("unexpected %s (a bug or the machine)", type(exc).__name__, exc_info=True)
+        err.print(
+            f"[red]unexpected error:[/red] {_text(exc, secrets, kind=True)} (the traceback is "
+            "in the log above; exit code 3)"
+        )
+        raise typer.Exit(CRASHED) from None
+
+
+CRASHED = 3
+"""The exit code of a command that failed on an unexpected exception."""
+
+
+def _text(exc: BaseException, secrets: tuple[str, ...], *, kind: bool = False) -> str:
+    """The exception's message, secrets masked, safe to print (no markup read in it)."""
+    text = f"{type(exc).__name__}: {exc}" if kind else str(exc)
+    return escape(redact_text(text, secrets))
 
 
 async def _publisher(app_: App) -> None:
@@ -161,7 +183,8 @@ def run(
             halted = app_.runner.halted()
             for ln in halted:
                 where = f" at {ln.halted_at}" if ln.halted_at is not None else ""
-                err.print(f"[red]lane {ln.name} halted[/red]{where}: {ln.stats.last_error}")
+                reason = escape(ln.stats.last_error or "")
+                err.print(f"[red]lane {escape(ln.name)} halted[/red]{where}: {reason}")
             return 1 if halted else 0
 
     raise typer.Exit(_guarded(choose))
@@ -195,7 +218,7 @@ def _print_status(report: StatusReport) -> None:
             f"{s.lag_seconds:.1f}",
             f"{s.rate:.0f}",
             str(s.parked),
-            (s.last_error or "")[:60],
+            escape((s.last_error or "")[:60]),
         )
     console.print(table)
     if report.sinks:

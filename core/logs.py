@@ -11,15 +11,19 @@ __all__ = ("configure_logging",)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record; a record logged with ``exc_info`` carries the traceback
+    as ``exception`` (one string, in the same line)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        )
+        line = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

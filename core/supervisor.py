@@ -112,7 +112,11 @@ class Child:
     def reap(self) -> int | None:
         """Its exit code if it has exited (collected once, with its peak memory), else None."""
         if self.code is None:
-            pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+            try:
+                pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+            except ChildProcessError:  # collected elsewhere (by Popen): its code, no memory
+                self.code = self.process.returncode if self.process.returncode is not None else 1
+                return self.code
             if pid == 0:
                 return None
             self.code = os.waitstatus_to_exitcode(status)
@@ -202,10 +206,14 @@ def supervise(
 
 
 def _send(child: Child, signum: signal.Signals) -> None:
+    """Signal ``child`` unless it has been collected. ``os.kill``, not ``Popen.send_signal``:
+    that polls first, which would collect a runner that just exited behind :meth:`Child.reap`
+    (its code lost, and the next reap failing on a child that is gone). An exited runner not
+    yet collected is a zombie: signalling it does nothing."""
     child.stopped = True
     if child.code is None:
-        with contextlib.suppress(ProcessLookupError):  # exited since the poll
-            child.process.send_signal(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.process.pid, signum)
 
 
 def _wait(

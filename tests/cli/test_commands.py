@@ -127,6 +127,28 @@ def test_an_unknown_lane_is_refused_before_any_runner_starts(tmp_path: Path) -> 
     assert refused.returncode == 2 and "--processes" in refused.stderr, refused.stderr
 
 
+@pytest.mark.postgres
+def test_an_unexpected_failure_is_exit_3_not_halted(
+    postgres_dsn: str, tmp_path: Path, namespace: str
+) -> None:
+    """The metrics port is taken: an OSError, not a core error. It was a traceback with
+    exit 1, which ``run --processes`` read as "its lanes halted" and let the others go on."""
+    import socket
+
+    _config(tmp_path, namespace)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"PROJECTIONIST_POSTGRES_DSN": postgres_dsn, "PROJECTIONIST_METRICS_PORT": str(port)}
+        ran = cli("run", "--until-caught-up", env=env, cwd=tmp_path)
+    assert ran.returncode == 3, ran.stderr
+    assert "unexpected error: OSError" in ran.stderr
+    logged = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+    crash = [entry for entry in logged if "exception" in entry]  # the traceback, to report
+    assert crash and "Address already in use" in crash[0]["exception"], ran.stderr
+
+
 def _config(tmp_path: Path, namespace: str) -> Path:
     path = tmp_path / "projectionist.toml"
     path.write_text(

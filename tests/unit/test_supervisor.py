@@ -3,12 +3,15 @@ runners themselves are tested against the real services in tests/reliability/tes
 
 from __future__ import annotations
 
+import sys
+import time
+
 import pytest
 
 from core.app import configured_lanes
 from core.errors import ConfigurationError
 from core.settings import DEFAULT_LANES, LaneSettings, Settings, SinkSettings
-from core.supervisor import partition, runner_command
+from core.supervisor import partition, runner_command, supervise
 
 DSN = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -90,3 +93,43 @@ def test_each_runner_gets_its_lanes_on_its_command_line() -> None:
         "b@redis",
         "--until-caught-up",
     ]
+
+
+def _fake_runners(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """Runner processes that run ``code`` (a Python program) instead of ``projectionist run``."""
+    import core.supervisor
+
+    monkeypatch.setattr(
+        core.supervisor, "runner_command", lambda lanes, until: [sys.executable, "-c", code]
+    )
+
+
+@pytest.mark.parametrize("attempt", range(6))
+def test_runners_that_fail_together_give_their_code(
+    monkeypatch: pytest.MonkeyPatch, attempt: int
+) -> None:
+    """Stopping the others after the first failure signalled a runner that had just exited:
+    ``Popen.send_signal`` collected it behind the supervisor's back, whose next collection
+    then raised ECHILD (a traceback and exit 1, in about half the runs)."""
+    _fake_runners(monkeypatch, "import sys; sys.exit(2)")
+    said: list[str] = []
+    code = supervise([["a"], ["b"], ["c"]], settings(), until_caught_up=False, say=said.append)
+    assert code == 2, said
+
+
+def test_a_runner_that_crashes_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 3 (an unexpected exception, core.cli) is not "its lanes halted" (1)."""
+    program = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        "if os.environ['PROJECTIONIST_METRICS_PORT'] == '9100': sys.exit(3)\n"
+        "time.sleep(60)\n"
+    )
+    _fake_runners(monkeypatch, program)
+    said: list[str] = []
+    started = time.monotonic()
+    code = supervise(
+        [["a"], ["b"]], settings(metrics_port=9100), until_caught_up=False, say=said.append
+    )
+    assert code == 3 and time.monotonic() - started < 30, said
+    assert any("failed with exit code 3" in line for line in said), said
