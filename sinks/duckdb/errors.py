@@ -7,6 +7,9 @@
 * A constraint, conversion or range error: :class:`~core.errors.PermanentError` (values are
   checked per document before any SQL runs, so these point at a schema or sink defect).
 * A second runner on the same working file: :class:`FileInUse`, raised before DuckDB is asked.
+* A path that holds something other than a DuckDB database, or a database of a DuckDB
+  version this one cannot read: :class:`~core.errors.ConfigurationError` naming the path and
+  the fix (it is an ``IOException`` too, but retrying cannot help).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ _TRANSIENT = (
     duckdb.ConnectionException,
 )
 _HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+_NOT_READABLE = re.compile(
+    r"not a valid DuckDB database file|database file with version number|"
+    r"created with (a|an) (newer|older) version|storage version",
+    re.IGNORECASE,
+)
 
 
 class FileInUse(ConfigurationError):
@@ -74,6 +82,14 @@ def translate_duckdb_error(
             "(sinks.duckdb.reader.open_current). Retrying until that process lets go."
         )
     text = f"{what} ({path}): {type(exc).__name__}: {exc}"
+    if isinstance(exc, duckdb.IOException) and _NOT_READABLE.search(str(exc)):
+        return ConfigurationError(
+            "duckdb.path",
+            str(path),
+            f"{exc}; point the sink at a DuckDB file of this DuckDB version "
+            f"({duckdb.__version__}) or at a path that does not exist yet (it is created), "
+            "or rebuild the read model into a new file",
+        )
     if isinstance(exc, OSError | TimeoutError):
         return AmbiguousCommit(text) if in_commit else StoreUnavailable(text)
     if isinstance(exc, duckdb.Error):

@@ -9,7 +9,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from core.errors import AmbiguousCommit, PermanentError, StoreUnavailable, TransientError
+from core.errors import (
+    AmbiguousCommit,
+    ConfigurationError,
+    PermanentError,
+    StoreUnavailable,
+    TransientError,
+)
 from sinks.duckdb.errors import lock_holder, translate_duckdb_error
 
 pytestmark = pytest.mark.duckdb
@@ -65,3 +71,14 @@ def test_a_lock_conflict_is_transient_and_names_the_holder(db_path: Path) -> Non
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_a_file_that_is_not_a_duckdb_database_is_a_configuration_error(db_path: Path) -> None:
+    """It is an IOException, but retrying cannot help: the lane must not retry forever."""
+    db_path.write_text("not a database\n")
+    with pytest.raises(duckdb.Error) as info:
+        duckdb.connect(str(db_path))
+    error = translate_duckdb_error(info.value, "opening", db_path)
+    assert isinstance(error, ConfigurationError), error
+    text = str(error)
+    assert "duckdb.path" in text and str(db_path) in text and "does not exist yet" in text
