@@ -63,6 +63,14 @@ class LaneStats:
     last_error: str | None = None
     last_flush_at: float | None = None
     batch_seconds: list[float] = field(default_factory=list)
+    """How long each of the last 100 flushes took."""
+    batch_events: list[int] = field(default_factory=list)
+    """Events each of the same flushes carried."""
+
+    def rate(self) -> float:
+        """Events per second of flush time over the last 100 flushes (0 before the first)."""
+        seconds = sum(self.batch_seconds)
+        return sum(self.batch_events) / seconds if seconds > 0 else 0.0
 
 
 class Lane(ParksRejectedDocuments):
@@ -539,6 +547,7 @@ class Lane(ParksRejectedDocuments):
         stats.gaps_repaired += pending.gaps_repaired
         stats.last_flush_at = monotonic()
         stats.batch_seconds = [*stats.batch_seconds[-99:], seconds]
+        stats.batch_events = [*stats.batch_events[-99:], pending.events]
         self._flushed.set()
         self._flushed = anyio.Event()
         if self.on_progress is not None:

@@ -77,10 +77,7 @@ async def publish_status(store: PostgresEventStore, lanes: list[Lane], owner: st
     """Upsert one ``lane_status`` row per lane (called every few seconds by a runner)."""
     rows = []
     for lane in lanes:
-        seconds = sum(lane.stats.batch_seconds) or 0.0
-        rate = 0.0
-        if lane.stats.batch_seconds and seconds > 0:
-            rate = lane.stats.events / max(seconds, 1e-9)
+        rate = lane.stats.rate()
         rows.append(
             (
                 lane.name,

@@ -491,3 +491,17 @@ async def test_an_upcaster_that_fails_is_the_events_failure_under_the_park_polic
     [letter] = await ln.dead_letters.find(ln.name)
     assert letter.stream_id == "tally-1" and "KeyError" in letter.error
     assert "upcaster" in letter.error and str(letter.event_id) in letter.error
+
+
+async def test_the_rate_is_the_last_flushes_events_over_their_time() -> None:
+    """Not every event since the start over the last 100 flushes' time (which grew without
+    bound as the lane ran)."""
+    store = InMemoryEventStore()
+    await fill(store, streams=30, adds=10)  # 331 events
+    ln = lane(store, InMemorySink(), strategy=Strategy.immediate(max_batch=2, catch_up_batch=2))
+    await ln.run(until_caught_up=True)
+    stats = ln.stats
+    assert stats.batches > 100 and len(stats.batch_events) == 100
+    expected = sum(stats.batch_events) / sum(stats.batch_seconds)
+    assert stats.rate() == pytest.approx(expected)
+    assert sum(stats.batch_events) <= 200 < stats.events
