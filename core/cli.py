@@ -131,10 +131,12 @@ async def _control(app_: App) -> None:
             await conn.close()
 
 
-async def _signals(scope: anyio.CancelScope) -> None:
+async def _signals(scope: anyio.CancelScope, received_: list[int]) -> None:
+    """Cancel ``scope`` at the first SIGTERM or SIGINT, noted in ``received_``."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         async for signum in received:
             log.info("received %s: finishing the in-flight writes", signal.Signals(signum).name)
+            received_.append(signum)
             scope.cancel()
             return
 
@@ -142,7 +144,11 @@ async def _signals(scope: anyio.CancelScope) -> None:
 @app.command()
 def run(
     until_caught_up: Annotated[
-        bool, typer.Option("--until-caught-up", help="exit 0 once every lane is at the head")
+        bool,
+        typer.Option(
+            "--until-caught-up",
+            help="exit 0 once every lane is at the head (128 + N when signal N stops it first)",
+        ),
     ] = False,
     lane: Annotated[list[str], typer.Option("--lane", help="run only these lanes")] = [],  # noqa: B006
     processes: Annotated[
@@ -173,13 +179,20 @@ def run(
                 from core.metrics import serve_metrics
 
                 serve_metrics(app_, settings.metrics_port, settings.metrics_host)
+            signalled: list[int] = []
+            finished = False
             async with anyio.create_task_group() as group:
-                group.start_soon(_signals, group.cancel_scope)
+                group.start_soon(_signals, group.cancel_scope, signalled)
                 group.start_soon(_publisher, app_)
                 group.start_soon(_control, app_)
                 await app_.runner.run(until_caught_up=until_caught_up)
+                finished = True
                 await publish_status(app_.store, app_.lanes, app_.owner)
                 group.cancel_scope.cancel()
+            if until_caught_up and signalled and not finished:
+                # stopped before the head: not the success that exit 0 promises
+                err.print(f"stopped by {signal.Signals(signalled[0]).name} before caught up")
+                return 128 + signalled[0]
             halted = app_.runner.halted()
             for ln in halted:
                 where = f" at {ln.halted_at}" if ln.halted_at is not None else ""

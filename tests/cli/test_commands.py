@@ -149,6 +149,51 @@ def test_an_unexpected_failure_is_exit_3_not_halted(
     assert crash and "Address already in use" in crash[0]["exception"], ran.stderr
 
 
+@pytest.mark.postgres
+def test_until_caught_up_stopped_by_a_signal_is_not_success(
+    postgres_dsn: str, tmp_path: Path, namespace: str
+) -> None:
+    """A lane that cannot reach its store retries; SIGTERM stops the run before the head:
+    exit 128 + 15, not the 0 that means "caught up" to a script or a Kubernetes Job."""
+    import signal
+    import time
+
+    (tmp_path / "projectionist.toml").write_text(
+        f'event_store_schema = "{namespace}"\nlookups = "projections.orders:catalog_lookups"\n'
+        '[[lanes]]\nprojection = "projections.orders:OrderCache"\nsink = "redis"\n'
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTIONIST_")}
+    env = {
+        **base,
+        "PROJECTIONIST_POSTGRES_DSN": postgres_dsn,
+        "PROJECTIONIST_REDIS_URL": "redis://127.0.0.1:1/0",  # nobody listens
+    }
+    process = subprocess.Popen(
+        [str(BIN), "run", "--until-caught-up"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        assert process.stderr is not None
+        while time.monotonic() < deadline:  # until the lane is retrying
+            line = process.stderr.readline()
+            lines.append(line)
+            if "failed (attempt" in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
+    assert "stopped by SIGTERM before caught up" in rest
+
+
 def _config(tmp_path: Path, namespace: str) -> Path:
     path = tmp_path / "projectionist.toml"
     path.write_text(
