@@ -20,7 +20,7 @@ from core.errors import ConfigurationError, DocumentRejected
 from core.operations import DeleteDocument, Operation, PutDocument
 from core.schema import Field, FieldType
 
-__all__ = ("Rows", "encode_operations", "json_text")
+__all__ = ("CONVERTERS", "Rows", "encode_operations", "json_text")
 
 _BIGINT = 1 << 63
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from core import jsontext
 from core.errors import ConfigurationError
 from core.schema import Field
+from sinks.postgres.encode import CONVERTERS
 from sinks.postgres.schema import FIXED_COLUMNS, SQL_TYPES, Layout, q
 
 __all__ = (
@@ -126,6 +128,41 @@ def plan_changes(layout: Layout, existing: dict[str, str]) -> list[Field]:
     return [f for f in layout.fields if f.name not in existing]
 
 
+BACKFILL_ROWS = 5_000
+"""Rows read and updated per statement while a new column is filled."""
+
+
+async def _backfill(conn: asyncpg.Connection, layout: Layout, f: Field) -> None:
+    """Fill the new column of field ``f`` from the stored documents, each value converted as
+    a write converts it (:data:`~sinks.postgres.encode.CONVERTERS`): a SQL cast would be
+    looser (a timestamp without an offset read in the server's time zone, ``'yes'`` as a
+    boolean), so old rows would hold values the next write of the same document refuses."""
+    convert = CONVERTERS[f.type]
+    after = ""
+    while True:
+        rows = await conn.fetch(layout.backfill_read(), f.name, after, BACKFILL_ROWS)
+        if not rows:
+            return
+        keys, values = [], []
+        for key, text in rows:
+            value = None if text is None else jsontext.loads(text)
+            if value is None:
+                continue  # absent or null: NULL, as the column starts
+            try:
+                values.append(convert(value))
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"{layout.schema}.{layout.table}.{f.name}",
+                    f.type.value,
+                    f"the stored document {key!r} holds a value the new column cannot take "
+                    f"({exc}); " + _REBUILD,
+                ) from None
+            keys.append(key)
+        if keys:
+            await conn.execute(layout.backfill_write(f), keys, values)
+        after = rows[-1][0]
+
+
 async def ensure_target(conn: asyncpg.Connection, layout: Layout) -> list[str]:
     """Create or evolve the generation table, its indexes and (if absent) the view.
 
@@ -143,16 +180,8 @@ async def ensure_target(conn: asyncpg.Connection, layout: Layout) -> list[str]:
         )
     else:
         for f in plan_changes(layout, await _columns(conn, layout, layout.table)):
-            alter, backfill = layout.add_column(f)
-            await conn.execute(alter)
-            try:
-                await conn.execute(backfill, f.name)
-            except asyncpg.DataError as exc:
-                raise ConfigurationError(
-                    f"{layout.schema}.{layout.table}.{f.name}",
-                    f.type.value,
-                    f"stored documents hold values the new column cannot take ({exc}); " + _REBUILD,
-                ) from None
+            await conn.execute(layout.add_column(f))
+            await _backfill(conn, layout, f)
             added.append(f.name)
     for statement in layout.create_indexes():
         await conn.execute(statement)

@@ -72,16 +72,6 @@ _PARAM_TYPES: dict[FieldType, str] = {
 }
 """Array element type of each ``unnest`` parameter (JSON travels as text, cast to jsonb)."""
 
-_BACKFILL: dict[FieldType, str] = {
-    FieldType.TEXT: "document ->> $1",
-    FieldType.KEYWORD: "document ->> $1",
-    FieldType.INTEGER: "(document ->> $1)::bigint",
-    FieldType.DECIMAL: "(document ->> $1)::numeric",
-    FieldType.TIMESTAMP: "(document ->> $1)::timestamptz",
-    FieldType.DATE: "(document ->> $1)::date",
-    FieldType.BOOLEAN: "(document ->> $1)::boolean",
-    FieldType.JSON: "nullif(document -> $1, 'null'::jsonb)",
-}
 
 _MAX_IDENT = 63
 _OPTIONS = frozenset({"indexes"})
@@ -179,12 +169,26 @@ class Layout:
             for i in self.indexes
         ]
 
-    def add_column(self, f: Field) -> tuple[str, str]:
-        """``ALTER TABLE ... ADD COLUMN`` and the backfill from the stored documents ($1)."""
-        t = self.qualified(self.table)
+    def add_column(self, f: Field) -> str:
+        """``ALTER TABLE ... ADD COLUMN`` (filled by :meth:`backfill_read` and
+        :meth:`backfill_write`)."""
         return (
-            f"ALTER TABLE {t} ADD COLUMN {q(f.name)} {SQL_TYPES[f.type]}",
-            f"UPDATE {t} SET {q(f.name)} = {_BACKFILL[f.type]} WHERE NOT deleted",
+            f"ALTER TABLE {self.qualified(self.table)} ADD COLUMN {q(f.name)} {SQL_TYPES[f.type]}"
+        )
+
+    def backfill_read(self) -> str:
+        """Stored documents' values of field $1, as JSON text, after key $2, $3 at a time."""
+        return (
+            f"SELECT key, (document -> $1)::text FROM {self.qualified(self.table)} "
+            "WHERE NOT deleted AND key > $2 ORDER BY key LIMIT $3"
+        )
+
+    def backfill_write(self, f: Field) -> str:
+        """Set field ``f``'s column of keys $1 to values $2 (converted as writes convert)."""
+        value = "u.v::jsonb" if f.type is FieldType.JSON else "u.v"
+        return (
+            f"UPDATE {self.qualified(self.table)} AS t SET {q(f.name)} = {value} "
+            f"FROM unnest($1::text[], $2::{_PARAM_TYPES[f.type]}[]) AS u(k, v) WHERE t.key = u.k"
         )
 
     def view_columns(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import sinks.postgres.migrate
 from core.errors import ConfigurationError
 from core.operations import Batch, PutDocument
 from core.position import Position
@@ -121,6 +122,33 @@ async def test_an_added_field_becomes_a_column_filled_from_stored_documents(pg: 
         rows = await sink.pool.fetch(f'SELECT key, colour, n FROM "{pg.schema}".things ORDER BY 1')
         assert [tuple(r) for r in rows] == [("a", "teal", 4), ("b", "red", 5)]
         assert (await sink.load(extended, ["a"]))["a"] == StoredDocument(1, doc)
+
+
+async def test_an_added_field_is_filled_as_a_write_converts_it(
+    pg: PgEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not by a SQL cast: one read a timestamp without an offset in the server's time zone
+    (here New York), so old rows held 15:00Z where the write path refuses the value; the
+    new column is refused instead, naming the document, as its next write would be."""
+    monkeypatch.setattr(sinks.postgres.migrate, "BACKFILL_ROWS", 3)
+    async with pg.sink(dsn=f"{pg.dsn}?timezone=America/New_York") as sink:
+        await sink.prepare(target(*BASE))
+        good = {"id": "a", "status": "new", "amount": "1", "paid_at": "2024-03-01T10:00:00Z"}
+        await put(sink, target(*BASE), "a", 1, good)
+        for n in range(2, 8):  # more rows than one backfill statement takes (3)
+            await put(sink, target(*BASE), f"k{n}", 1, {**good, "id": f"k{n}"})
+        paid = target(*BASE, Field(name="paid_at", type=T.TIMESTAMP))
+        await sink.prepare(paid)
+        stamps = await sink.pool.fetch(f'SELECT paid_at FROM "{pg.schema}".things')
+        assert {r[0].isoformat() for r in stamps} == {"2024-03-01T10:00:00+00:00"}
+        naive = {**good, "id": "z", "at_local": "2024-03-01T10:00:00"}
+        await put(sink, paid, "z", 1, naive)
+        local = target(
+            *BASE, Field(name="paid_at", type=T.TIMESTAMP), Field(name="at_local", type=T.TIMESTAMP)
+        )
+        with pytest.raises(ConfigurationError, match=r"'z' holds .*no UTC offset.*rebuild"):
+            await sink.prepare(local)
+        assert "at_local" not in await columns(sink, pg.schema, "things_g1")  # rolled back
 
 
 async def test_a_removed_field_is_refused_naming_the_column_and_rebuild(pg: PgEnv) -> None:
