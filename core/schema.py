@@ -3,13 +3,42 @@ mappings or key layout. A projection declares it; sinks translate it."""
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from core.naming import validate_name
 
-__all__ = ("ChildTable", "DocumentSchema", "Field", "FieldType")
+__all__ = (
+    "ChildTable",
+    "DocumentSchema",
+    "Field",
+    "FieldType",
+    "decimal_from_text",
+    "integer_from_text",
+)
+
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def decimal_from_text(text: str) -> Decimal:
+    """A decimal field's value written as text, as sinks read it: ASCII digits with an
+    optional sign, point and exponent, nothing else. Raises :class:`ValueError` otherwise
+    (Python's ``Decimal`` alone would take ``"1_000"``, ``" 1 "`` or full-width digits, and
+    store a number the document does not spell)."""
+    if _DECIMAL_TEXT.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not a decimal number (ASCII digits, sign, point, exponent)")
+    return Decimal(text)
+
+
+def integer_from_text(text: str) -> int:
+    """An integer field's value written as text: ASCII digits with an optional sign."""
+    if _INTEGER_TEXT.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not an integer (ASCII digits and an optional sign)")
+    return int(text)
 
 
 class FieldType(StrEnum):

@@ -21,7 +21,7 @@ import pyarrow as pa
 from core import jsontext
 from core.errors import ConfigurationError, DocumentRejected
 from core.operations import DeleteDocument, Operation, PutDocument
-from core.schema import ChildTable, Field, FieldType
+from core.schema import ChildTable, Field, FieldType, decimal_from_text, integer_from_text
 from sinks.duckdb.schema import DECIMAL_SCALE, TableSet
 
 __all__ = ("Encoded", "chunks", "dedupe", "json_text")
@@ -52,7 +52,7 @@ def _integer(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise _Refused(f"expected an integer, got {type(v).__name__}")
     try:
-        out = int(v)
+        out = integer_from_text(v) if isinstance(v, str) else int(v)
     except ValueError:
         raise _Refused(f"{v!r} is not an integer") from None
     if not -_BIGINT <= out < _BIGINT:
@@ -64,8 +64,11 @@ def _decimal(v: Any) -> Decimal:
     if isinstance(v, bool) or not isinstance(v, int | str | float | Decimal):
         raise _Refused(f"expected a decimal, got {type(v).__name__}")
     try:
-        out = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
-    except InvalidOperation:
+        if isinstance(v, str):
+            out = decimal_from_text(v)
+        else:
+            out = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
+    except (InvalidOperation, ValueError):
         raise _Refused(f"{v!r} is not a decimal number") from None
     if not out.is_finite() or abs(out) >= _MAX_DECIMAL:
         raise _Refused(f"{v!r} does not fit DECIMAL(38,{DECIMAL_SCALE})")

@@ -18,7 +18,7 @@ from typing import Any
 from core import jsontext
 from core.errors import ConfigurationError, DocumentRejected
 from core.operations import DeleteDocument, Operation, PutDocument
-from core.schema import Field, FieldType
+from core.schema import Field, FieldType, decimal_from_text
 
 __all__ = ("CONVERTERS", "Rows", "encode_operations", "json_text")
 
@@ -58,8 +58,11 @@ def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise _Refused(f"expected a decimal (string or number), got {type(value).__name__}")
     try:
-        number = Decimal(str(value)) if not isinstance(value, Decimal) else value
-    except InvalidOperation:
+        if isinstance(value, str):
+            number = decimal_from_text(value)
+        else:
+            number = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except (InvalidOperation, ValueError):
         raise _Refused(f"{value!r} is not a decimal number") from None
     if not number.is_finite():
         raise _Refused(f"{value!r} is not a finite number")

@@ -189,6 +189,9 @@ async def test_reset_empties_the_generation_and_its_checkpoint(pg: PgEnv) -> Non
     ("changes", "reason"),
     [
         ({"total_amount": "twelve"}, "field 'total_amount': 'twelve' is not a decimal"),
+        ({"total_amount": "1_000"}, "field 'total_amount': '1_000' is not a decimal"),
+        ({"total_amount": " 12.50"}, "field 'total_amount': ' 12.50' is not a decimal"),
+        ({"total_amount": "\uff11\uff12"}, "field 'total_amount': .* is not a decimal"),
         ({"created_at": "2025-03-01T10:00:00"}, "field 'created_at': .* has no UTC offset"),
         ({"item_count": "2"}, "field 'item_count': expected an integer"),
         ({"status": None}, "field 'status' is required"),
