@@ -21,7 +21,7 @@ from core.naming import quote_ident, validate_name
 from core.sink import Target
 from sinks.duckdb.schema import TableSet
 
-__all__ = ("ensure_tables", "set_live", "user_views")
+__all__ = ("claim_names", "ensure_tables", "set_live", "user_views")
 
 _COLUMNS = (
     "SELECT table_name, column_name, data_type FROM duckdb_columns() "
@@ -42,8 +42,37 @@ def user_views(target: Target) -> dict[str, str]:
     return {validate_name(f"{target.lane}.options.views", k): v for k, v in views.items()}
 
 
+def claim_names(con: duckdb.DuckDBPyConnection, tables: TableSet) -> None:
+    """Record that ``tables.projection`` owns its name and its children's (every generation's
+    tables and the views); refuse a name another projection of this file owns. Without it,
+    two projections declaring one child name (a subclass that inherits the schema) shared its
+    table, and each flush deleted the other's rows of the same parent key."""
+    names = [tables.projection, *(c.view for c in tables.children)]
+    owners = dict(
+        con.execute(
+            "SELECT name, projection FROM projectionist_names WHERE name IN (SELECT unnest(?))",
+            [names],
+        ).fetchall()
+    )
+    for name in names:
+        owner = owners.get(name)
+        if owner is None:
+            con.execute("INSERT INTO projectionist_names VALUES (?, ?)", [name, tables.projection])
+        elif owner != tables.projection:
+            what = "projection" if name == tables.projection else "child table"
+            raise ConfigurationError(
+                f"{tables.projection}.children" if what == "child table" else "projection",
+                name,
+                f"this file's {name} tables and view belong to projection {owner!r}; two "
+                f"projections cannot share a {what} (each would overwrite the other's rows). "
+                "Give the child another name (ChildTable(name=...)), or the lane its own file",
+            )
+
+
 def ensure_tables(con: duckdb.DuckDBPyConnection, tables: TableSet) -> None:
-    """Create missing tables; add new columns; refuse removed or retyped ones."""
+    """Claim the target's names (:func:`claim_names`); create missing tables; add new
+    columns; refuse removed or retyped ones."""
+    claim_names(con, tables)
     expected = tables.expected_columns()
     existing: dict[str, dict[str, str]] = {}
     for table, column, data_type in con.execute(_COLUMNS, [list(expected)]).fetchall():

@@ -59,7 +59,13 @@ CREATE TABLE IF NOT EXISTS projectionist_live (
     projection VARCHAR PRIMARY KEY,
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projectionist_names (
+    name VARCHAR PRIMARY KEY,
+    projection VARCHAR NOT NULL
+);
 """
+"""``projectionist_names``: which projection owns each name of the file's tables and views
+(its own, and its children's), so two projections never share a child table."""
 
 
 def _replace_winners(

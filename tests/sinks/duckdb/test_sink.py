@@ -430,6 +430,28 @@ async def test_reserved_and_colliding_names_are_refused(make_sink: SinkFactory) 
         await sink.prepare(target(DocumentSchema(fields=THINGS.fields, children=(child,))))
 
 
+async def test_two_projections_cannot_share_a_child_table(
+    make_sink: SinkFactory, db_path: Path
+) -> None:
+    """A second projection declaring the same child name (a subclass inheriting the schema)
+    wrote into the first one's child table: each flush deleted the other's rows of the same
+    parent key, and a reset of either emptied both."""
+    sink = make_sink()
+    await sink.prepare(target())
+    await sink.write(target(), batch([PutDocument("t1", 2, thing("t1", 2))], None, Position(5, 1)))
+    other = Target("others@duckdb", "others", THINGS, 1, {})
+    with pytest.raises(ConfigurationError, match=r"parts .*belong to projection 'things'"):
+        await sink.prepare(other)
+    own_child = DocumentSchema(
+        fields=THINGS.fields, children=(PARTS.model_copy(update={"name": "other_parts"}),)
+    )
+    await sink.prepare(Target("others@duckdb", "others", own_child, 1, {}))
+    assert rows(db_path, "SELECT count(*) FROM parts") == [(2,)]
+    clash = Target("x@duckdb", "parts", DocumentSchema(fields=THINGS.fields), 1, {})
+    with pytest.raises(ConfigurationError, match="belong to projection 'things'"):
+        await sink.prepare(clash)  # a projection named like another's child
+
+
 async def test_additive_schema_change_is_applied_and_others_refused(
     make_sink: SinkFactory, db_path: Path
 ) -> None:
