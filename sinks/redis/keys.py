@@ -3,6 +3,7 @@ lane's keys live in one cluster slot and one script may touch all of them::
 
     {<prefix>}:live                 string: the generation readers use ("1")
     {<prefix>}:checkpoint           hash: "<lane>:g<generation>" -> "<txid>/<gpos>"
+    {<prefix>}:owner:g<generation>  string: the lane that writes that generation
     {<prefix>}:g<generation>        hash: document key -> version (negative: tombstone)
     {<prefix>}:g<generation>:<key>  string: the document as JSON (optionally with a TTL)
 
@@ -45,6 +46,10 @@ class KeyLayout:
     @property
     def checkpoint(self) -> str:
         return f"{self.tag}:checkpoint"
+
+    @property
+    def owner(self) -> str:
+        return f"{self.tag}:owner:g{self.generation}"
 
     @property
     def versions(self) -> str:

@@ -175,21 +175,24 @@ class RedisSink(Sink):
         keys = layout_for(target)
         ttl_for(target)
         await self._check_server()
-        field = checkpoint_field(target)
         try:
             fields = await self.client.hkeys(keys.checkpoint)
         except DRIVER_ERRORS as exc:
             raise self._error(exc, f"preparing {keys.tag} for lane {target.lane}") from None
         suffix = f":g{target.generation}"
         for raw in fields:
-            other = _text(raw)
-            if other.endswith(suffix) and other != field:
-                raise ConfigurationError(
-                    "key_prefix",
-                    keys.prefix,
-                    f"lane {other.removesuffix(suffix)!r} already writes generation "
-                    f"{target.generation} of this prefix; give each lane its own key_prefix",
-                )
+            other = _text(raw).removesuffix(suffix)
+            if _text(raw).endswith(suffix) and other != target.lane:
+                raise _shared_prefix(keys, target, other)
+        try:
+            # Claimed atomically (SET NX), so two new lanes on one prefix (neither with a
+            # checkpoint yet, so neither seen above) cannot both pass.
+            await self.client.set(keys.owner, target.lane, nx=True)
+            owner = _text(await self.client.get(keys.owner) or b"")
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc, f"preparing {keys.tag} for lane {target.lane}") from None
+        if owner != target.lane:
+            raise _shared_prefix(keys, target, owner)
         try:
             await self.client.set(keys.live, str(target.generation), nx=True)
         except DRIVER_ERRORS as exc:
@@ -356,6 +359,20 @@ class RedisSink(Sink):
                 "generation", target.generation, "it is live: promote another generation first"
             )
         await self.reset(target)
+        layout = layout_for(target)
+        try:
+            await self.client.delete(layout.owner)
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc, f"dropping {layout.tag} g{target.generation}") from None
+
+
+def _shared_prefix(keys: KeyLayout, target: Target, other: str) -> ConfigurationError:
+    return ConfigurationError(
+        "key_prefix",
+        keys.prefix,
+        f"lane {other!r} already writes generation {target.generation} of this prefix; give "
+        "each lane its own key_prefix",
+    )
 
 
 def _text(raw: bytes | str) -> str:

@@ -3,6 +3,7 @@ checkpoint compare-and-set, TTL without regressions, reset, generations, key lay
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -179,7 +180,7 @@ async def test_every_key_of_a_batch_shares_one_cluster_slot(
     await sink.prepare(t)
     await sink.write(t, batch([PutDocument(f"order-{i}", 1, {}) for i in range(50)], None, P1))
     names = [k async for k in raw.scan_iter(match="{" + namespace + "}*")]
-    assert len(names) == 53  # live, checkpoint, versions and 50 documents
+    assert len(names) == 54  # live, owner, checkpoint, versions and 50 documents
     assert {key_slot(n) for n in names} == {key_slot(namespace.encode())}
 
 
@@ -195,6 +196,28 @@ async def test_two_lanes_cannot_share_a_prefix(sink: RedisSink, namespace: str) 
     other = Target(lane="other@redis", projection="other", options={"key_prefix": namespace})
     with pytest.raises(ConfigurationError, match="already writes generation 1"):
         await sink.prepare(other)
+
+
+async def test_two_new_lanes_cannot_share_a_prefix(sink: RedisSink, namespace: str) -> None:
+    """Neither has a checkpoint yet (both start fresh, at once): the claim refuses the
+    second, which would have written the same versions hash and document keys."""
+    other = Target(lane="other@redis", projection="other", options={"key_prefix": namespace})
+    both = await asyncio.gather(
+        sink.prepare(target(namespace)), sink.prepare(other), return_exceptions=True
+    )
+    refused = [r for r in both if isinstance(r, ConfigurationError)]
+    assert len(refused) == 1 and "already writes generation 1" in str(refused[0]), both
+    await sink.prepare(target(namespace) if refused[0] is both[1] else other)  # the owner: again
+
+
+async def test_a_dropped_generation_can_be_claimed_again(sink: RedisSink, namespace: str) -> None:
+    first = Target(lane="a@redis", projection="a", generation=2, options={"key_prefix": namespace})
+    await sink.prepare(target(namespace))  # generation 1 is live
+    await sink.prepare(first)
+    await sink.drop(first)
+    await sink.prepare(
+        Target(lane="b@redis", projection="b", generation=2, options={"key_prefix": namespace})
+    )
 
 
 @pytest.mark.parametrize("ttl", [0, -1, 1.5, "10", True])
