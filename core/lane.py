@@ -20,6 +20,7 @@ from core.errors import (
     AmbiguousCommit,
     CheckpointConflict,
     LookupUnavailable,
+    PermanentError,
     ProjectionistError,
     TransientError,
 )
@@ -469,8 +470,17 @@ class Lane(ParksRejectedDocuments):
                     return await self.lookups.fetch(s, i)
                 except ProjectionistError:
                     raise
-                except Exception as exc:
+                except OSError as exc:  # a connection or a timeout: the service, retried
                     raise LookupUnavailable(f"lookup {s}: {type(exc).__name__}: {exc}") from exc
+                except Exception as exc:
+                    # Anything else is the provider's own failure: the same call fails the
+                    # same way, so retrying would loop for ever on this chunk.
+                    raise PermanentError(
+                        f"lookup {s} raised {type(exc).__name__}: {exc}; a defect of the "
+                        f"lookup provider {type(self.lookups).__name__} (a provider raises "
+                        "LookupUnavailable for a passing failure): fix it and restart; the "
+                        "lane stops here rather than retry for ever"
+                    ) from exc
 
             found = await self._retrying(f"looking up {source}", fetch)
             out.update({(source, k): v for k, v in found.items()})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -41,7 +43,8 @@ async def fill(store: InMemoryEventStore, streams: int = 20, adds: int = 5) -> N
 
 
 def lane(store: InMemoryEventStore, sink: object, **kw: object) -> Lane:
-    return Lane(TallyProjection(), sink, store, lookups=StaticLookups(OWNERS), **kw)  # type: ignore[arg-type]
+    kw.setdefault("lookups", StaticLookups(OWNERS))
+    return Lane(TallyProjection(), sink, store, **kw)  # type: ignore[arg-type]
 
 
 class RecordingSink(InMemorySink):
@@ -505,3 +508,47 @@ async def test_the_rate_is_the_last_flushes_events_over_their_time() -> None:
     expected = sum(stats.batch_events) / sum(stats.batch_seconds)
     assert stats.rate() == pytest.approx(expected)
     assert sum(stats.batch_events) <= 200 < stats.events
+
+
+class BrokenLookups(StaticLookups):
+    """A provider with a bug for one owner: the same call fails the same way every time."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(OWNERS)
+        self.error = error
+        self.calls = 0
+
+    async def fetch(self, source: str, ids: Any) -> Any:
+        self.calls += 1
+        if "o7" in ids:
+            raise self.error
+        return await super().fetch(source, ids)
+
+
+async def test_a_lookup_provider_bug_stops_the_lane_instead_of_looping() -> None:
+    store = InMemoryEventStore()
+    await store.append("tally-2", [opened("o7")])
+    broken = BrokenLookups(TypeError("unhashable type: 'list'"))
+    ln = lane(store, InMemorySink(), lookups=broken, policy=ErrorPolicy.PARK)
+    ln.backoff = Backoff(base=0.001, cap=0.002)
+    with anyio.fail_after(5):
+        await Runner(store, [ln]).run(until_caught_up=True)
+    assert ln.state is LaneState.HALTED and broken.calls == 1
+    assert "TypeError" in (ln.stats.last_error or "") and "BrokenLookups" in (
+        ln.stats.last_error or ""
+    )
+
+
+async def test_a_lookup_that_cannot_connect_is_retried() -> None:
+    store = InMemoryEventStore()
+    await store.append("tally-2", [opened("o7")])
+    broken = BrokenLookups(ConnectionRefusedError("catalog down"))
+    ln = lane(store, InMemorySink(), lookups=broken)
+    ln.backoff = Backoff(base=0.001, cap=0.002)
+    async with anyio.create_task_group() as group:
+        group.start_soon(ln.run)
+        with anyio.fail_after(5):
+            while broken.calls < 3:
+                await anyio.sleep(0.01)
+        assert ln.state is LaneState.RETRYING
+        group.cancel_scope.cancel()
