@@ -9,6 +9,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -134,6 +135,22 @@ class Settings(BaseSettings):
     processes: int = Field(default=1, ge=1, le=64)
     """Runner processes ``projectionist run`` spreads the lanes over (:mod:`core.supervisor`);
     ``run --processes N`` overrides it. One process folds on one core."""
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        """A postgresql:// URL with a host and a valid port (an empty one would connect to
+        the driver's default address, and migrate whatever database answers there)."""
+        try:
+            parts = urlsplit(value.get_secret_value())
+            host = parts.hostname or "host=" in parts.query  # a socket folder as ?host=
+            valid = parts.scheme in ("postgres", "postgresql") and bool(host)
+            valid = valid and parts.port != 0  # .port raises for a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError("use a postgresql://user@host:port/database URL")
+        return value
 
     @field_validator("event_store_schema", "read_model_schema")
     @classmethod

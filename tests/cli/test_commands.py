@@ -43,6 +43,19 @@ def test_missing_dsn_names_the_variable(tmp_path: Path) -> None:
     assert "PROJECTIONIST_POSTGRES_DSN" in line
 
 
+@pytest.mark.parametrize(
+    "dsn", ["", "mysql://u:p@127.0.0.1/db", "postgresql://u:hidden-pw@127.0.0.1:notaport/db"]
+)
+def test_a_dsn_that_is_not_a_postgres_url_is_refused_before_connecting(
+    tmp_path: Path, dsn: str
+) -> None:
+    """An empty one connected to the driver's default address (and migrated whatever
+    database answered there); the others were tracebacks or "cannot reach"."""
+    line = one_line_error(cli("status", env={"PROJECTIONIST_POSTGRES_DSN": dsn}, cwd=tmp_path))
+    assert "PROJECTIONIST_POSTGRES_DSN" in line and "postgresql://user@host" in line, line
+    assert "hidden-pw" not in line
+
+
 def test_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
     dsn = "postgresql://someone:s3cret-pw@127.0.0.1:1/db"
     line = one_line_error(cli("status", env={"PROJECTIONIST_POSTGRES_DSN": dsn}, cwd=tmp_path))
