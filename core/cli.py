@@ -164,6 +164,13 @@ def run(
     """Run every configured lane (until SIGTERM, or until caught up)."""
 
     def choose(settings: Settings) -> int:
+        if not select_lanes(settings, lane or None):
+            raise ConfigurationError(
+                "lanes",
+                [],
+                "no lane is enabled: nothing would run; configure a lane in projectionist.toml "
+                "([[lanes]]) or set enabled = true on one",
+            )
         wanted = processes or settings.processes
         if wanted == 1:
             return anyio.run(go, settings)

@@ -207,6 +207,18 @@ def test_until_caught_up_stopped_by_a_signal_is_not_success(
     assert "stopped by SIGTERM before caught up" in rest
 
 
+def test_run_with_no_enabled_lane_is_refused(tmp_path: Path) -> None:
+    """It exited 0 doing nothing (one process) or failed on max() of nothing (several)."""
+    (tmp_path / "projectionist.toml").write_text(
+        '[[lanes]]\nprojection = "projections.orders:OrderSummary"\nsink = "postgres"\n'
+        "enabled = false\n"
+    )
+    env = {"PROJECTIONIST_POSTGRES_DSN": "postgresql://u:p@127.0.0.1:1/db"}
+    for args in ([], ["--processes", "2"]):
+        line = one_line_error(cli("run", *args, env=env, cwd=tmp_path))
+        assert "no lane is enabled" in line, line
+
+
 def _config(tmp_path: Path, namespace: str) -> Path:
     path = tmp_path / "projectionist.toml"
     path.write_text(
