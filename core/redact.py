@@ -8,6 +8,12 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ("redact_text", "redact_url")
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]*@")
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&](?:password|passwd|pwd|sslpassword|secret|api_key|apikey|token)=)[^&\s#'\"]*",
+    re.IGNORECASE,
+)
+"""A secret passed as a URL's query parameter (``?password=...``, which libpq and asyncpg
+accept as well as ``user:password@``)."""
 
 
 def redact_url(url: str) -> str:
@@ -17,15 +23,17 @@ def redact_url(url: str) -> str:
     except ValueError:
         return redact_text(url)
     if parts.password is None:
-        return url
+        return _QUERY_SECRET.sub(lambda m: f"{m['name']}***", url)
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    masked = urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return _QUERY_SECRET.sub(lambda m: f"{m['name']}***", masked)
 
 
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Mask URL passwords in free text, and every string in ``secrets``."""
     out = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    out = _QUERY_SECRET.sub(lambda m: f"{m['name']}***", out)
     for secret in secrets:
         if secret:
             out = out.replace(secret, "***")

@@ -29,7 +29,8 @@ def _validated(model: Any, sink: str, values: dict[str, Any]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        secret = any(s in field for s in ("url", "dsn", "password", "key"))
+        secret = any(s in field.lower() for s in ("url", "dsn", "pass", "pwd", "key", "secret"))
+        secret = secret or first["type"] == "extra_forbidden"  # a mistyped name: maybe a secret
         shown = "***" if secret else first.get("input")
         raise ConfigurationError(f"sinks.{sink}.options.{field}", shown, first["msg"]) from None
 
