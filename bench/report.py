@@ -185,6 +185,7 @@ def render(result: dict[str, Any], console: Console) -> None:
         + (f"; appended at {log['append_rate']:,} ev/s" if log.get("append_rate") else "")
     )
     _catchup(result, console)
+    _bound(result, console)
     _baselines(result, console)
     _freshness(result, console)
     _eventlog(result, console)
@@ -217,6 +218,30 @@ def _catchup(result: dict[str, Any], console: Console) -> None:
                 f"{c['ratio']:.3f}",
                 _mark(c["ratio"] >= CATCH_UP_RATIO) if judged else "(info)",
             )
+    console.print(table)
+
+
+def _bound(result: dict[str, Any], console: Console) -> None:
+    bound = result.get("bound")
+    if not bound:
+        return
+    table = Table(
+        title=(
+            "The bound: a bare Python loop's order summary vs the same ceiling "
+            f"(upsert_1000, {_n(bound['ceiling_events_per_s'])} ev/s)"
+        )
+    )
+    for col in ("pass", "s", "events/s", "ratio alone", "with the write", "≥0.8 possible"):
+        table.add_column(col, justify="left" if col == "pass" else "right")
+    for name, p in bound["passes"].items():
+        table.add_row(
+            name.replace("_", " + "),
+            _n(p["seconds"], 2),
+            _n(p["events_per_s"]),
+            f"{p['ratio_alone']:.2f}",
+            f"{p['ratio_with_write']:.2f}",
+            "yes" if p["ratio_alone"] >= CATCH_UP_RATIO else "no",
+        )
     console.print(table)
 
 

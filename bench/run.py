@@ -7,11 +7,13 @@ baselines, on one fixed-seed order history, in one run (see bench/README.md).
     .venv/bin/python bench/run.py --only catchup,naive --lanes order_summary
 
 Parts: ``catchup`` (each lane's rebuild from the start against its store's raw ceiling),
-``naive`` (the seed's design for the order summary), ``fanout`` (all lanes in one runner
-process against the slowest alone, with the runner's peak RSS), ``eventlog`` (append and
-read rates) and ``freshness`` (append -> visible under a steady load). Services come from the
-``PROJECTIONIST_*`` variables (``scripts/with-services-env`` sets them). Prints the tables and
-writes every figure to ``--out`` (default ``bench/results/<UTC time>.json``).
+``bound`` (a bare Python loop's replay of the order summary against the same ceiling: how
+close any Python lane could get), ``naive`` (the seed's design for the order summary),
+``fanout`` (all lanes in one runner process against the slowest alone, with the runner's peak
+RSS), ``eventlog`` (append and read rates) and ``freshness`` (append -> visible under a steady
+load). Services come from the ``PROJECTIONIST_*`` variables (``scripts/with-services-env``
+sets them). Prints the tables and writes every figure to ``--out`` (default
+``bench/results/<UTC time>.json``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import anyio  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from bench import (  # noqa: E402
+    bound,
     duckdb_lane,
     elasticsearch_lane,
     eventlog,
@@ -53,7 +56,7 @@ from bench.lanes import LANES  # noqa: E402
 from bench.places import Services, Where, clear, one_run_at_a_time  # noqa: E402
 from bench.report import check_targets, load_average, machine, render, versions  # noqa: E402
 
-PARTS = ("catchup", "naive", "fanout", "eventlog", "freshness")
+PARTS = ("catchup", "bound", "naive", "fanout", "eventlog", "freshness")
 MEASURE: dict[str, Callable[[BenchLog, str, Services, Where], Awaitable[dict[str, Any]]]] = {
     "postgres": postgres_lane.measure,
     "redis": redis_lane.measure,
@@ -266,6 +269,12 @@ async def _run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
     try:
         if "catchup" in parts:
             await run_part(result, "catchup", lambda: catchup(args, log, services, tmp))
+        if "bound" in parts:
+            print("== the bound: a bare Python loop's order summary", flush=True)
+            where = Where("bench_bound", tmp / "bound")
+            await clear(where, services)
+            await run_part(result, "bound", lambda: bound.measure(log, services, where))
+            await clear(where, services)
         if "naive" in parts:
             print(f"== naive baseline: up to {args.naive_events:,} events", flush=True)
             await run_part(
