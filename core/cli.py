@@ -377,10 +377,28 @@ def dl_show(lane: str, event_id: UUID) -> None:
 
 
 def _set_status(lane: str, event_ids: list[UUID], status_: str) -> None:
+    """Mark the letters ``status_``; the letters parked behind them (held because they came
+    later in the same stream) are marked ``retry``: with their blocker gone, the lane applies
+    them when the stream's next event arrives, or at a rebuild. Left ``parked``, the first of
+    them would hold the stream in its turn."""
+
     async def go(settings: Settings) -> None:
         async with App(settings, only=()) as app_:
-            changed = await app_.dead_letters.set_status(lane, event_ids, status_)
+            letters = app_.dead_letters
+            changed = await letters.set_status(lane, event_ids, status_)
+            chosen = set(event_ids)
+            held = [
+                d.event_id
+                for d in await letters.find(lane, "parked")
+                if d.blocked_by in chosen and d.event_id not in chosen
+            ]
+            released = await letters.set_status(lane, held, "retry") if held else 0
         console.print(f"{changed} dead letter(s) of {lane} marked {status_}")
+        if released:
+            console.print(
+                f"{released} dead letter(s) held behind them marked retry: the lane applies "
+                f"them at its stream's next event, or `projectionist rebuild {lane}` at once"
+            )
 
     _main(go)
 

@@ -399,7 +399,14 @@ class Lane(ParksRejectedDocuments):
             self.stats.last_error = str(failed.cause)
             if self.policy is ErrorPolicy.HALT:
                 self.halted_at = envelope.position
-                log.error("lane %s halted at %s: %s", self.name, envelope.position, failed.cause)
+                log.error(
+                    "lane %s halted at %s: %s. It stops here at every start until the cause is "
+                    'fixed (the projection, its lookups or the event\'s data); policy = "park" '
+                    "parks such an event and goes on (docs/operations.md, Dead letters)",
+                    self.name,
+                    envelope.position,
+                    failed.cause,
+                )
                 return True
             self._park(envelope, pending, str(failed.cause))
             if blocker is None or envelope.stream_version < blocker[1]:

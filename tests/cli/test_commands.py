@@ -246,12 +246,15 @@ def test_run_status_dead_letters_flush_and_rebuild(
             catalog = make_catalog()
             await seed_catalog(store.pool, catalog)
             await append_history(store, 40, writers=2, catalog=catalog)
+            new_event = __import__("core.events", fromlist=["NewEvent"]).NewEvent
             await store.append(
                 "order-missing-customer",
                 [
-                    __import__("core.events", fromlist=["NewEvent"]).NewEvent(
-                        event_type="OrderCreated", data={"customer_id": "nobody"}
-                    )
+                    new_event(event_type="OrderCreated", data={"customer_id": "nobody"}),
+                    new_event(  # parked behind the first
+                        event_type="OrderItemAdded",
+                        data={"product_id": "p1", "quantity": 1, "unit_price": "2.00"},
+                    ),
                 ],
             )
             await store.settle(30)
@@ -270,7 +273,7 @@ def test_run_status_dead_letters_flush_and_rebuild(
     (lane,) = report.lanes
     assert lane.lane == "order_summary@postgres"
     assert lane.lag_events == 0
-    assert lane.parked == 1
+    assert lane.parked == 2
     assert "projectionist:" not in status.stdout.replace("projectionist:projectionist", "")
     (sink,) = report.sinks  # the sink's own facts (Sink.describe), without credentials
     assert (sink.name, sink.kind) == ("postgres", "postgres")
@@ -287,7 +290,11 @@ def test_run_status_dead_letters_flush_and_rebuild(
 
         conn = await asyncpg.connect(postgres_dsn)
         try:
-            return str(await conn.fetchval(f'SELECT event_id FROM "{namespace}".dead_letters'))
+            return str(
+                await conn.fetchval(
+                    f'SELECT event_id FROM "{namespace}".dead_letters WHERE blocked_by IS NULL'
+                )
+            )
         finally:
             await conn.close()
 
@@ -301,6 +308,8 @@ def test_run_status_dead_letters_flush_and_rebuild(
         "dead-letters", "retry", "order_summary@postgres", event_id, env=env, cwd=tmp_path
     )
     assert "1 dead letter(s) of order_summary@postgres marked retry" in retried.stdout
+    # the one held behind it is released with it (left parked, it would hold the stream)
+    assert "1 dead letter(s) held behind them marked retry" in retried.stdout
     skipped = cli("dead-letters", "skip", "order_summary@postgres", event_id, env=env, cwd=tmp_path)
     assert "marked skipped" in skipped.stdout
     skipped_status = StatusReport.model_validate_json(
@@ -316,4 +325,8 @@ def test_run_status_dead_letters_flush_and_rebuild(
     assert rebuilt.returncode == 0, rebuilt.stderr
     after = StatusReport.model_validate_json(cli("status", "--json", env=env, cwd=tmp_path).stdout)
     assert after.lanes[0].lag_events == 0
-    assert after.lanes[0].parked == 0  # the skipped event stays skipped through the rebuild
+    # The skipped event stays skipped through the rebuild; the one released behind it is
+    # applied again, and parked again on its own: its order was never created.
+    assert after.lanes[0].parked == 1
+    relisted = cli("dead-letters", "list", env=env, cwd=tmp_path).stdout
+    assert "OrderItemAdded" in relisted and "OrderCreated" not in relisted, relisted
