@@ -32,15 +32,21 @@ CREATE TABLE IF NOT EXISTS {s}.events (
 CREATE INDEX IF NOT EXISTS events_position_idx
     ON {s}.events (transaction_id, global_position);
 
+-- Only a statement that appended something notifies (and so takes a transaction id here):
+-- a losing or idempotent append inserts nothing, and a NOTIFY would wake every reader for
+-- nothing, and give the writer's transaction an id that holds the fence.
 CREATE OR REPLACE FUNCTION {s}.notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{channel}', pg_current_xact_id()::text);
+    IF EXISTS (SELECT 1 FROM appended) THEN
+        PERFORM pg_notify('{channel}', pg_current_xact_id()::text);
+    END IF;
     RETURN NULL;
 END $$;
 
 DROP TRIGGER IF EXISTS events_notify ON {s}.events;
 CREATE TRIGGER events_notify AFTER INSERT ON {s}.events
+    REFERENCING NEW TABLE AS appended
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_events();
 
 CREATE TABLE IF NOT EXISTS {s}.dead_letters (

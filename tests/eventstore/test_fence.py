@@ -280,18 +280,18 @@ async def test_a_commit_the_fence_hid_is_read_soon_after_it_moves(
 
 
 async def test_a_notification_with_nothing_to_read_costs_a_few_reads(
-    pg_store_factory: PgStoreFactory,
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection, namespace: str
 ) -> None:
-    """An append of ids already in the log writes nothing, yet its statement's trigger still
-    notifies. A reader at the head looks again a few times, less and less often, then waits
-    for the poll interval as before: it never spins."""
+    """A notification naming a transaction that appended nothing (another tool's NOTIFY on
+    the channel; appends that insert nothing no longer send one). A reader at the head looks
+    again a few times, less and less often, then waits for the poll interval as before: it
+    never spins."""
     store = await pg_store_factory(poll_interval=2)
     await store.wait_for_new(0)
-    again = events(1)
-    await store.append("dup-1", again, NO_STREAM)
+    await store.append("dup-1", events(1), NO_STREAM)
     (only,) = await read_until(store, 1)
     seen = store.notifications
-    assert (await store.append("dup-1", again)).written == 0
+    await pg_conn.execute(f"SELECT pg_notify('{namespace}_events', pg_current_xact_id()::text)")
     await _notified(store, seen)
     seen = store.notifications
     wakes, started = 0, monotonic()

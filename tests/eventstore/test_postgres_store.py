@@ -330,3 +330,30 @@ async def test_parking_one_event_twice_in_one_call_keeps_one_letter(
     letter = DeadLetter.of("tally@memory", envelope, "poisoned")
     await letters.park([letter, letter])
     assert [d.event_id for d in await letters.find("tally@memory")] == [envelope.event_id]
+
+
+async def test_an_append_that_writes_nothing_wakes_no_reader(
+    pg_store_factory: PgStoreFactory, pg_conn: asyncpg.Connection, namespace: str
+) -> None:
+    """A losing append (ConcurrencyError) and an idempotent one insert no row: no NOTIFY (it
+    woke every reader for nothing) and no transaction id taken for it."""
+    store = await pg_store_factory(poll_interval=0.2)
+    batch = [event(1)]
+    await store.append("quiet-1", batch, NO_STREAM)
+    await store.wait_for_new(0.01)  # listening
+    await pg_conn.execute(f'LISTEN "{namespace}_events"')
+    heard: list[str] = []
+    await pg_conn.add_listener(f"{namespace}_events", lambda *args: heard.append(args[-1]))
+    before = await pg_conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+    with pytest.raises(ConcurrencyError):
+        await store.append("quiet-1", [event(2)], NO_STREAM)
+    assert (await store.append("quiet-1", batch, NO_STREAM)).written == 0
+    async with store.transaction() as tx:
+        assert (await tx.append("quiet-1", batch, NO_STREAM)).written == 0
+    await anyio.sleep(0.3)
+    after = await pg_conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+    assert heard == [] and after == before
+    await store.append("quiet-2", [event(3)], NO_STREAM)
+    with anyio.fail_after(5):
+        while not heard:
+            await anyio.sleep(0.02)
