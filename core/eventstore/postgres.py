@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -51,6 +52,8 @@ from core.pgerrors import DRIVER_ERRORS, translate_pg_error
 from core.pgpool import keep_session
 from core.position import Position
 from core.redact import redact_url
+
+log = logging.getLogger("projectionist.eventstore")
 
 __all__ = ("PostgresEventStore", "init_connection")
 
@@ -250,6 +253,7 @@ class PostgresEventStore(EventStore):
             if migrate:
                 await store.migrate()
             await store.check_not_restored()
+            await store._warn_if_blind_to_other_roles()
         except BaseException:
             await pool.close()
             raise
@@ -274,6 +278,21 @@ class PostgresEventStore(EventStore):
                     return
                 await conn.execute(ddl)
                 await conn.execute(f"COMMENT ON SCHEMA {quote_ident(self.schema)} IS '{stamp}'")
+
+    async def _warn_if_blind_to_other_roles(self) -> None:
+        """Warn once when the role cannot see other roles' transactions: the fence age would
+        read 0 while another application's transaction holds every reader back."""
+        seen = await self._fetch(
+            "checking the role's privileges",
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') "
+            "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+        )
+        if not seen[0][0]:
+            log.warning(
+                "the event store's role cannot see other roles' transactions, so the fence "
+                "age reads 0 while one of theirs holds every reader back; grant it: GRANT "
+                "pg_read_all_stats TO <this role> (docs/event-log.md, What it costs)"
+            )
 
     async def check_not_restored(self) -> None:
         """Refuse to run on a log whose transaction ids come from another cluster."""
