@@ -112,9 +112,15 @@ async def _publisher(app_: App) -> None:
         await anyio.sleep(2.0)
 
 
+CONTROL_RETRY_SECONDS = 5.0
+"""How soon the control listener tries again after its connection failed or was lost."""
+
+
 async def _control(app_: App) -> None:
-    """Listen for ``projectionist flush`` requests sent from other processes."""
-    conn = await asyncpg.connect(app_.settings.postgres_dsn.get_secret_value())
+    """Listen for ``projectionist flush`` requests sent from other processes, on a connection
+    of its own; when that connection fails or is lost (a restart of Postgres), connect again:
+    a request sent while it is down is lost, as a NOTIFY is (the lane's schedule still
+    flushes)."""
 
     def on_message(*args: Any) -> None:
         payload = str(args[-1])
@@ -123,12 +129,26 @@ async def _control(app_: App) -> None:
             if name in app_.runner.lanes:
                 app_.runner.lanes[name].request_flush()
 
-    try:
-        await conn.add_listener(f"{app_.settings.event_store_schema}_control", on_message)
-        await anyio.sleep_forever()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await conn.close()
+    channel = f"{app_.settings.event_store_schema}_control"
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(app_.settings.postgres_dsn.get_secret_value())
+            lost = anyio.Event()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            await conn.add_listener(channel, on_message)
+            await lost.wait()
+            log.warning("the flush-request listener lost its connection: connecting again")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "the flush-request listener cannot connect (%s): trying again in %g s",
+                redact_text(str(exc), app_.settings.secrets()),
+                CONTROL_RETRY_SECONDS,
+            )
+            await anyio.sleep(CONTROL_RETRY_SECONDS)
+        finally:
+            if conn is not None:
+                conn.terminate()
 
 
 async def _signals(scope: anyio.CancelScope, received_: list[int]) -> None:

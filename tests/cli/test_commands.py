@@ -330,3 +330,55 @@ def test_run_status_dead_letters_flush_and_rebuild(
     assert after.lanes[0].parked == 1
     relisted = cli("dead-letters", "list", env=env, cwd=tmp_path).stdout
     assert "OrderItemAdded" in relisted and "OrderCreated" not in relisted, relisted
+
+
+@pytest.mark.postgres
+def test_the_flush_listener_comes_back_after_its_connection_is_cut(
+    postgres_dsn: str, namespace: str
+) -> None:
+    """A restart of Postgres cut the runner's flush-request connection for good, and
+    ``projectionist flush`` then said "requested" to nobody."""
+    import types
+
+    import anyio
+    import asyncpg
+
+    import core.cli
+    from core.settings import Settings
+
+    asked: list[str] = []
+    lane = types.SimpleNamespace(request_flush=lambda: asked.append("order_summary@postgres"))
+    app_ = types.SimpleNamespace(
+        settings=Settings(postgres_dsn=postgres_dsn, event_store_schema=namespace),  # type: ignore[arg-type]
+        runner=types.SimpleNamespace(lanes={"order_summary@postgres": lane}),
+    )
+    channel = f"{namespace}_control"
+
+    async def listener_pid(conn: asyncpg.Connection) -> int | None:
+        return await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE $1", f"LISTEN %{channel}%"
+        )
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(core.cli._control, app_)
+                with anyio.fail_after(20):
+                    while (pid := await listener_pid(conn)) is None:
+                        await anyio.sleep(0.05)
+                    await conn.execute("SELECT pg_terminate_backend($1)", pid)
+                    while (again := await listener_pid(conn)) in (None, pid):
+                        await anyio.sleep(0.05)
+                    await conn.execute(
+                        "SELECT pg_notify($1, 'flush:order_summary@postgres')", channel
+                    )
+                    while not asked:
+                        await anyio.sleep(0.05)
+                assert again != pid
+                group.cancel_scope.cancel()
+        finally:
+            await conn.close()
+
+    anyio.run(scenario)
+    assert asked == ["order_summary@postgres"]
