@@ -415,10 +415,11 @@ def _set_status(lane: str, event_ids: list[UUID], status_: str) -> None:
             released = await letters.set_status(lane, held, "retry") if held else 0
         console.print(f"{changed} dead letter(s) of {lane} marked {status_}")
         if released:
-            console.print(
-                f"{released} dead letter(s) held behind them marked retry: the lane applies "
-                f"them at its stream's next event, or `projectionist rebuild {lane}` at once"
-            )
+            console.print(f"{released} dead letter(s) held behind them marked retry")
+        console.print(
+            "a running lane reads dead letters when it starts: restart its runner (or "
+            f"`projectionist rebuild {lane}`) for this to take effect"
+        )
 
     _main(go)
 

@@ -136,6 +136,20 @@ class Settings(BaseSettings):
     """Runner processes ``projectionist run`` spreads the lanes over (:mod:`core.supervisor`);
     ``run --processes N`` overrides it. One process folds on one core."""
 
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _beside_the_default_sinks(cls, value: Any) -> Any:
+        """Configured sinks are added to the four default ones (a section for one sink, to set
+        its options, replaced them all); a default sink's section may leave out ``factory``."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = dict(DEFAULT_SINKS)
+        for name, given in value.items():
+            if isinstance(given, dict) and "factory" not in given and name in DEFAULT_SINKS:
+                given = {**given, "factory": DEFAULT_SINKS[name].factory}
+            merged[name] = given
+        return merged
+
     @field_validator("postgres_dsn")
     @classmethod
     def _postgres_url(cls, value: SecretStr) -> SecretStr:
