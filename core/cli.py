@@ -6,6 +6,7 @@ line on stderr naming the field, the value and the fix; never a secret).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -29,7 +30,14 @@ from core.position import START
 from core.redact import redact_text
 from core.retry import LogThrottle
 from core.settings import Settings, load_settings
-from core.status import StatusReport, collect_status, publish_status
+from core.status import (
+    STALE_AFTER,
+    StatusReport,
+    collect_status,
+    live_owner,
+    publish_status,
+)
+from core.strategy import LaneState
 
 __all__ = ("app",)
 
@@ -93,6 +101,9 @@ def _text(exc: BaseException, secrets: tuple[str, ...], *, kind: bool = False) -
     return escape(redact_text(text, secrets))
 
 
+_STATUS_ERRORS = (OSError, ProjectionistError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 async def _publisher(app_: App) -> None:
     """Publish lane states every 2 s; refresh the lag and fence age the metrics show. While a
     store stays down, its failure is logged once a minute (as the lanes do), not every 2 s."""
@@ -102,7 +113,7 @@ async def _publisher(app_: App) -> None:
             await publish_status(app_.store, app_.lanes, app_.owner)
             app_.last_report = await collect_status(app_, tolerate_stores=True, running=True)
             throttle.reset()
-        except (OSError, ProjectionistError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _STATUS_ERRORS as exc:
             if throttle.should_log():
                 log.warning(
                     "could not publish lane status (%d similar lines suppressed): %s",
@@ -110,6 +121,17 @@ async def _publisher(app_: App) -> None:
                     exc,
                 )
         await anyio.sleep(2.0)
+
+
+async def _publish_stopped(app_: App) -> None:
+    """Publish the lanes of a process that ends as stopped (halted ones stay halted), so
+    ``status`` and ``rebuild`` do not take them for running until the rows go stale. Best
+    effort: the rows go stale anyway."""
+    for lane in app_.lanes:
+        if lane.state is not LaneState.HALTED:
+            lane.state = LaneState.STOPPED
+    with anyio.move_on_after(5, shield=True), contextlib.suppress(*_STATUS_ERRORS):
+        await publish_status(app_.store, app_.lanes, app_.owner)
 
 
 CONTROL_RETRY_SECONDS = 5.0
@@ -214,8 +236,8 @@ def run(
                 group.start_soon(_control, app_)
                 await app_.runner.run(until_caught_up=until_caught_up)
                 finished = True
-                await publish_status(app_.store, app_.lanes, app_.owner)
                 group.cancel_scope.cancel()
+            await _publish_stopped(app_)
             if until_caught_up and signalled and not finished:
                 # stopped before the head: not the success that exit 0 promises
                 err.print(f"stopped by {signal.Signals(signalled[0]).name} before caught up")
@@ -295,12 +317,26 @@ def rebuild(lane: str) -> None:
 
     async def go(settings: Settings) -> int:
         async with App(settings, only=[lane]) as app_:
+            owner = await live_owner(app_.store, lane)
+            if owner is not None:
+                raise ConfigurationError(
+                    "lane",
+                    lane,
+                    f"it is running in {owner} (projectionist status), or that runner "
+                    f"stopped less than {STALE_AFTER:g} s ago: stop it, or run it without "
+                    "this lane (--lane), then rebuild; a rebuild beside it would move its "
+                    "checkpoint back under it",
+                )
             tune_collector(settings)
             target = app_.runner.lane(lane)
             head = await app_.store.head()
             total = await app_.store.count_between(START, head) if head else 0
-            with lane_progress(target, total, console):
-                await app_.runner.rebuild(lane)
+            async with anyio.create_task_group() as group:
+                group.start_soon(_publisher, app_)  # status shows it "rebuilding"
+                with lane_progress(target, total, console):
+                    await app_.runner.rebuild(lane)
+                group.cancel_scope.cancel()
+            await _publish_stopped(app_)
             return 1 if app_.runner.halted() else 0
 
     raise typer.Exit(_main(go))

@@ -73,6 +73,23 @@ def _table(store: PostgresEventStore) -> str:
     return f"{quote_ident(store.schema)}.lane_status"
 
 
+LIVE_STATES = ("starting", "running", "idle", "retrying", "rebuilding")
+"""States in which a lane's process may write to its read model."""
+
+
+async def live_owner(store: PostgresEventStore, lane: str) -> str | None:
+    """The process that runs ``lane`` now (its status row is fresh and in a writing state),
+    or ``None``."""
+    rows = await store.pool.fetch(
+        f"SELECT owner FROM {_table(store)} WHERE lane = $1 AND state = ANY($2::text[]) "
+        f"AND now() - updated_at < make_interval(secs => $3)",
+        lane,
+        list(LIVE_STATES),
+        STALE_AFTER,
+    )
+    return str(rows[0]["owner"]) if rows else None
+
+
 async def publish_status(store: PostgresEventStore, lanes: list[Lane], owner: str) -> None:
     """Upsert one ``lane_status`` row per lane (called every few seconds by a runner)."""
     rows = []

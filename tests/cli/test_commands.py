@@ -322,7 +322,26 @@ def test_run_status_dead_letters_flush_and_rebuild(
     assert cli("flush", "order_summary@postgres", env=env, cwd=tmp_path).returncode == 0
 
     rebuilt = cli("rebuild", "order_summary@postgres", env=env, cwd=tmp_path)
-    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.returncode == 0, rebuilt.stderr  # the runner above published "stopped"
+
+    async def another_runner(state: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(
+                f'UPDATE "{namespace}".lane_status SET state = $1, owner = $2, '
+                "updated_at = now() WHERE lane = 'order_summary@postgres'",
+                state,
+                "elsewhere:4242",
+            )
+        finally:
+            await conn.close()
+
+    anyio.run(another_runner, "running")
+    beside = one_line_error(cli("rebuild", "order_summary@postgres", env=env, cwd=tmp_path))
+    assert "it is running in elsewhere:4242" in beside, beside
+    anyio.run(another_runner, "stopped")
     after = StatusReport.model_validate_json(cli("status", "--json", env=env, cwd=tmp_path).stdout)
     assert after.lanes[0].lag_events == 0
     # The skipped event stays skipped through the rebuild; the one released behind it is
