@@ -21,10 +21,11 @@ Guarantees (see docs/sinks/elasticsearch.md):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from core.errors import ConfigurationError, DocumentRejected
+from core.errors import ConfigurationError, DocumentRejected, PermanentError
 from core.operations import Batch
 from core.position import Position
 from core.retry import Backoff
@@ -37,6 +38,8 @@ from sinks.elasticsearch.config import ElasticsearchSinkSettings
 from sinks.elasticsearch.mapping import DELETED_FIELD, DOCUMENT_FIELD, IndexLayout
 
 __all__ = ("ElasticsearchSink",)
+
+log = logging.getLogger("projectionist.sinks.elasticsearch")
 
 _MGET_CHUNK = 1_000
 
@@ -133,6 +136,17 @@ class ElasticsearchSink(Sink):
         generation 1); an existing index takes added fields and refuses changed ones."""
         layout = await self.layout(target)
         await indices.ensure_checkpoint_index(self.cluster, self.checkpoints.index)
+        index = self.index(target)
+        if not await self._exists(index) and (await self.checkpoints.read(target)).position:
+            # Deleted outside the sink (a reset deletes the checkpoint first): its documents
+            # are gone, so the checkpoint is a lie. The lane replays from the start.
+            log.warning(
+                "index %s of lane %s was deleted while its checkpoint remained: the "
+                "checkpoint is deleted too, and the lane rebuilds the index from the start",
+                index,
+                target.lane,
+            )
+            await self.checkpoints.delete(target)
         await indices.ensure_index(
             self.cluster,
             self.index(target),
@@ -169,12 +183,29 @@ class ElasticsearchSink(Sink):
             ),
         )
 
+    async def _exists(self, index: str) -> bool:
+        return bool(
+            await self.cluster.call(
+                f"checking index {index}", lambda c: c.indices.exists(index=index)
+            )
+        )
+
     async def write(self, target: Target, batch: Batch) -> None:
-        """Send the batch's final documents, resolve every item, then move the checkpoint."""
+        """Send the batch's final documents, resolve every item, then move the checkpoint.
+
+        The generation's index must exist: ``_bulk`` would create a missing one with dynamic
+        mappings, no alias, and none of the documents written before, and the checkpoint
+        would move on over them."""
         move = await self.checkpoints.check(
             target, batch.lane, batch.expected_checkpoint, batch.checkpoint
         )
         index = self.index(target)
+        if not await self._exists(index):
+            raise PermanentError(
+                f"index {index} of lane {target.lane} was deleted while the lane ran: its "
+                "documents are gone. Restart the lane: it finds the index gone and its "
+                "checkpoint still there, deletes the checkpoint and rebuilds the index"
+            )
         items: list[BulkItem] = []
         unencodable: dict[str, str] = {}
         bound = self.settings.max_document_bytes

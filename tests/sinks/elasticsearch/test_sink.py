@@ -14,6 +14,7 @@ from core.errors import (
     CheckpointConflict,
     ConfigurationError,
     DocumentRejected,
+    PermanentError,
     StoreUnavailable,
 )
 from core.operations import Batch, DeleteDocument, PutDocument, UpsertRow
@@ -328,3 +329,26 @@ async def test_a_reset_cut_halfway_never_leaves_a_checkpoint_past_lost_documents
     if await sink.read_checkpoint(t) is not None:
         assert set(await sink.load(t, ["order-1"])) == {"order-1"}
     assert steps == ["checkpoint", "index"]
+
+
+async def test_an_index_deleted_under_the_lane_is_rebuilt_not_recreated_empty(
+    sink: ElasticsearchSink, raw: AsyncElasticsearch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``_bulk`` would create the missing index (dynamic mapping, no alias, none of the
+    documents written before) and the checkpoint would move on: the write refuses instead,
+    and the next ``prepare`` deletes the checkpoint, so the lane replays from the start."""
+    t = target()
+    await sink.prepare(t)
+    await sink.write(t, batch([PutDocument("order-1", 1, order(1))], None, P(10, 1)))
+    await raw.indices.delete(index=sink.index(t))
+    later = batch([PutDocument("order-2", 1, order(2))], P(10, 1), P(11, 1))
+    with pytest.raises(PermanentError, match="was deleted while the lane ran"):
+        await sink.write(t, later)
+    assert not await raw.indices.exists(index=sink.index(t))
+    with caplog.at_level("WARNING", logger="projectionist.sinks.elasticsearch"):
+        await sink.prepare(t)
+    assert "rebuilds the index from the start" in caplog.text
+    assert await sink.read_checkpoint(t) is None
+    assert list((await raw.indices.get_alias(name=sink.alias("order_search"))).keys()) == [
+        sink.index(t)
+    ]
