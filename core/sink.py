@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from core.errors import ConfigurationError
 from core.naming import validate_name
 from core.operations import Batch
 from core.position import Position
 from core.schema import DocumentSchema
 
-__all__ = ("Sink", "SinkCapabilities", "StoredDocument", "Target")
+__all__ = ("Sink", "SinkCapabilities", "StoredDocument", "Target", "check_promotable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +148,30 @@ class Sink(ABC):
         time from the endpoint's thread, so only plain attribute reads, no I/O. Each becomes
         the gauge ``projectionist_sink_<name>`` labelled with the sink's name. Default: none."""
         return {}
+
+
+def check_promotable(
+    target: Target, position: Position | None, live: int | None, live_position: Position | None
+) -> None:
+    """Refuse to make ``target``'s generation live (a swap, a promote) unless its lane has
+    written it (``position``, its checkpoint) at least as far as the live generation ``live``
+    has come (``live_position``): readers would otherwise see an empty model, or documents
+    going back to older versions. Raises :class:`~core.errors.ConfigurationError`."""
+    generation = target.generation
+    if live == generation:
+        return
+    if position is None:
+        raise ConfigurationError(
+            "generation",
+            generation,
+            f"lane {target.lane} has not written generation {generation} (no checkpoint): "
+            "run its lane until caught up, then make it live",
+        )
+    if live_position is not None and position < live_position:
+        raise ConfigurationError(
+            "generation",
+            generation,
+            f"lane {target.lane} has written generation {generation} up to {position}, "
+            f"behind the live generation {live} at {live_position}: readers would see "
+            "documents go back; run its lane until caught up, then make it live",
+        )

@@ -42,7 +42,7 @@ from core.errors import (
 from core.naming import quote_ident
 from core.operations import Batch
 from core.position import Position
-from core.sink import Sink, SinkCapabilities, StoredDocument, Target
+from core.sink import Sink, SinkCapabilities, StoredDocument, Target, check_promotable
 from sinks.duckdb.config import DuckDBSinkSettings
 from sinks.duckdb.encode import Encoded, chunks, dedupe
 from sinks.duckdb.errors import FileInUse, translate_duckdb_error
@@ -405,13 +405,32 @@ class DuckDBSink(Sink):
         await self._run(run)
 
     async def promote(self, target: Target) -> None:
-        """Make ``target.generation`` the one the views show (after a rebuild)."""
+        """Make ``target.generation`` the one the views show (after a rebuild); refused
+        (:func:`~core.sink.check_promotable`) unless its lane has written it at least as far
+        as the live generation has come."""
         tables = table_set(target)
         views = user_views(target)
 
         def run() -> None:
             con = self._connection()
             with self._mapped(f"promoting {tables.table}"), self._transaction(con):
+                live_rows = con.execute(
+                    "SELECT generation FROM projectionist_live WHERE projection = ?",
+                    [target.projection],
+                ).fetchall()
+                live = int(live_rows[0][0]) if live_rows else None
+
+                def checkpoint(generation: int | None) -> Position | None:
+                    if generation is None:
+                        return None
+                    found = con.execute(
+                        "SELECT transaction_id, global_position FROM projectionist_checkpoints "
+                        "WHERE lane = ? AND generation = ?",
+                        [target.lane, generation],
+                    ).fetchall()
+                    return Position(found[0][0], found[0][1]) if found else None
+
+                check_promotable(target, checkpoint(target.generation), live, checkpoint(live))
                 set_live(con, tables, views, promote=True)
             self._publish_quietly()
 

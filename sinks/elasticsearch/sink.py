@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from core.errors import ConfigurationError, DocumentRejected, PermanentError
 from core.operations import Batch
 from core.position import Position
 from core.retry import Backoff
-from core.sink import Sink, SinkCapabilities, StoredDocument, Target
+from core.sink import Sink, SinkCapabilities, StoredDocument, Target, check_promotable
 from sinks.elasticsearch import indices
 from sinks.elasticsearch.bulk import BulkItem, BulkReport, collapse, encode, resolve
 from sinks.elasticsearch.checkpoints import CheckpointStore
@@ -315,7 +316,20 @@ class ElasticsearchSink(Sink):
     async def promote(self, target: Target) -> list[str]:
         """Make the target's generation the one searchers see: restore its settings, refresh
         it, then swap the alias onto it atomically. Returns the indices served before.
-        Call it only once the target's lane has caught up."""
+        Refused (:func:`~core.sink.check_promotable`) unless its lane has written it at least
+        as far as the generation the alias serves has come."""
+        alias = self.alias(target.projection)
+        served = [
+            g
+            for index in await indices.alias_indices(self.cluster, alias)
+            if (g := indices.generation_of(index, alias)) is not None
+        ]
+        live = max(served) if served else None
+        live_position = None
+        if live is not None and live != target.generation:
+            live_position = (await self.checkpoints.read(replace(target, generation=live))).position
+        position = (await self.checkpoints.read(target)).position
+        check_promotable(target, position, live, live_position)
         await self.end_bulk_load(target)
         return await indices.promote(
             self.cluster, self.index(target), self.alias(target.projection)

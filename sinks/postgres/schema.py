@@ -18,6 +18,7 @@ bound parameters, never formatted into SQL.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = (
     "SQL_TYPES",
     "Index",
     "Layout",
+    "generation_of",
     "layout_for",
 )
 
@@ -228,6 +230,12 @@ class Layout:
             f"SELECT key, version, document::text AS document FROM "
             f"{self.qualified(self.table)} WHERE key = ANY($1::text[])"
         )
+
+
+def generation_of(table: str, projection: str) -> int | None:
+    """``7`` for ``<projection>_g7``; ``None`` for another name."""
+    found = re.fullmatch(re.escape(projection) + r"_g(\d+)", table)
+    return int(found.group(1)) if found else None
 
 
 def layout_for(schema: str, target: Target) -> Layout:

@@ -39,12 +39,12 @@ from core.pgpool import keep_session
 from core.position import Position
 from core.redact import redact_text
 from core.schema import DocumentSchema
-from core.sink import Sink, SinkCapabilities, StoredDocument, Target
+from core.sink import Sink, SinkCapabilities, StoredDocument, Target, check_promotable
 from sinks.postgres import migrate
 from sinks.postgres.config import PostgresSinkSettings
 from sinks.postgres.encode import Rows, encode_operations
 from sinks.postgres.errors import DRIVER_ERRORS, is_data_error, translate
-from sinks.postgres.schema import Layout, layout_for
+from sinks.postgres.schema import Layout, generation_of, layout_for
 
 __all__ = ("PostgresSink",)
 
@@ -199,10 +199,28 @@ class PostgresSink(Sink):
             log.info("sink %s: added columns %s to %s", self.name, added, layout.table)
 
     async def swap(self, target: Target) -> None:
-        """Point the projection's view at ``target``'s generation, atomically for readers."""
+        """Point the projection's view at ``target``'s generation, atomically for readers;
+        refused (:func:`~core.sink.check_promotable`) unless its lane has written it at least
+        as far as the live generation has come."""
         layout = layout_for(self.settings.schema_name, target)
+        stm = self._for(target)
         async with self._connection(f"swapping {layout.view}") as conn, conn.transaction():
             await migrate.lock(conn, layout.schema)
+            live_table = await migrate.view_reads(conn, layout)
+            live = generation_of(live_table, target.projection) if live_table else None
+
+            async def checkpoint(generation: int | None) -> Position | None:
+                if generation is None:
+                    return None
+                try:
+                    row = await conn.fetchrow(stm.read_checkpoint, target.lane, generation)
+                except asyncpg.UndefinedTableError:
+                    return None
+                return None if row is None else Position(row[0], row[1])
+
+            check_promotable(
+                target, await checkpoint(target.generation), live, await checkpoint(live)
+            )
             await migrate.ensure_target(conn, layout)
             await migrate.ensure_view(conn, layout, swap=True)
 

@@ -34,7 +34,7 @@ from core.errors import (
 from core.operations import Batch, DeleteDocument, PutDocument
 from core.position import Position
 from core.redact import redact_text
-from core.sink import Sink, SinkCapabilities, StoredDocument, Target
+from core.sink import Sink, SinkCapabilities, StoredDocument, Target, check_promotable
 from sinks.redis.client import (
     PARSER,
     SentButUnanswered,
@@ -332,25 +332,27 @@ class RedisSink(Sink):
         return None if raw is None else int(raw)
 
     async def promote(self, target: Target) -> int | None:
-        """Atomically make ``target.generation`` live (it must hold a checkpoint); returns the
-        previously live generation. Readers switch on their next call."""
+        """Atomically make ``target.generation`` live; returns the previously live generation.
+        Readers switch on their next call. Refused (:func:`~core.sink.check_promotable`,
+        checked inside the script) unless its lane has written it at least as far as the
+        live generation has come."""
         layout = layout_for(target)
         try:
             reply = await call_script(
                 self.client,
                 PROMOTE,
                 [layout.live, layout.checkpoint],
-                [str(target.generation), checkpoint_field(target)],
+                [str(target.generation), checkpoint_field(target), target.lane],
             )
         except DRIVER_ERRORS as exc:
             raise self._error(exc, f"promoting {layout.versions}") from None
-        if reply is None:
-            raise ConfigurationError(
-                "generation",
-                target.generation,
-                f"lane {target.lane} has not written this generation yet; fill it first",
-            )
-        return int(reply) if reply else None
+        outcome, *rest = [_text(part) for part in reply]
+        if outcome == "empty":
+            check_promotable(target, None, None, None)
+        if outcome == "behind":
+            mine, live, theirs = rest
+            check_promotable(target, Position.parse(mine), int(live), Position.parse(theirs))
+        return int(rest[0]) if rest and rest[0] else None
 
     async def drop(self, target: Target) -> None:
         """Remove a generation that is not live (after a swap)."""

@@ -484,7 +484,12 @@ async def test_generations_are_separate_and_promote_swaps_the_views(
     await sink.prepare(g1)
     await sink.write(g1, batch([PutDocument("old", 1, thing("old", 1))], None, Position(1, 1)))
     await sink.prepare(g2)
-    await sink.write(g2, batch([PutDocument("new", 1, thing("new", 1))], None, Position(2, 2)))
+    with pytest.raises(ConfigurationError, match="has not written generation 2"):
+        await sink.promote(g2)
+    await sink.write(g2, batch([PutDocument("new", 1, thing("new", 1))], None, Position(0, 9)))
+    with pytest.raises(ConfigurationError, match="behind the live generation 1 at 1/1"):
+        await sink.promote(g2)
+    await sink.write(g2, batch([], Position(0, 9), Position(2, 2)))
     assert rows(db_path, "SELECT id FROM things") == [("old",)]
     assert await sink.read_checkpoint(g1) == Position(1, 1)
     assert await sink.read_checkpoint(g2) == Position(2, 2)

@@ -352,3 +352,24 @@ async def test_an_index_deleted_under_the_lane_is_rebuilt_not_recreated_empty(
     assert list((await raw.indices.get_alias(name=sink.alias("order_search"))).keys()) == [
         sink.index(t)
     ]
+
+
+async def test_a_generation_behind_the_served_one_is_not_promoted(
+    sink: ElasticsearchSink, raw: AsyncElasticsearch
+) -> None:
+    """Searchers would see documents go back (or an empty index): the alias stays."""
+    g1, g2, g3 = target(), target(generation=2), target(generation=3)
+    await sink.prepare(g1)
+    await sink.write(g1, batch([PutDocument("order-1", 2, order(1))], None, P(10, 1)))
+    await sink.prepare(g2)
+    await sink.write(g2, batch([PutDocument("order-1", 1, order(1))], None, P(5, 1)))
+    with pytest.raises(ConfigurationError, match="up to 5/1, behind the live generation 1"):
+        await sink.promote(g2)
+    await sink.prepare(g3)
+    with pytest.raises(ConfigurationError, match="has not written generation 3"):
+        await sink.promote(g3)
+    alias = sink.alias("order_search")
+    assert list((await raw.indices.get_alias(name=alias)).keys()) == [sink.index(g1)]
+    await sink.write(g2, batch([PutDocument("order-1", 2, order(1))], P(5, 1), P(10, 1)))
+    assert await sink.promote(g2) == [sink.index(g1)]
+    assert list((await raw.indices.get_alias(name=alias)).keys()) == [sink.index(g2)]

@@ -184,6 +184,14 @@ async def test_a_new_generation_is_filled_beside_the_live_one_then_swapped(pg: P
         await put(sink, g2, "new", 1, {"id": "new", "status": "y", "n": 1})
         with pytest.raises(ConfigurationError, match="it is live"):
             await sink.drop(g1)
+        await put(sink, g1, "old", 2, {"id": "old", "status": "x2"})  # g1 at 2/2, g2 at 1/1
+        with pytest.raises(ConfigurationError, match=r"up to 1/1, behind the live generation 1"):
+            await sink.swap(g2)
+        g3 = target(*BASE, generation=3)
+        with pytest.raises(ConfigurationError, match="has not written generation 3"):
+            await sink.swap(g3)
+        assert await columns(sink, pg.schema, "things_g3") == {}  # refused before creating it
+        await put(sink, g2, "new", 2, {"id": "new", "status": "y", "n": 1})
         await sink.swap(g2)
         assert await view_reads(sink, pg.schema) == ["things_g2"]
         keys = await sink.pool.fetch(f'SELECT key, n FROM "{pg.schema}".things')
@@ -191,7 +199,7 @@ async def test_a_new_generation_is_filled_beside_the_live_one_then_swapped(pg: P
         await sink.drop(g1)
         assert await columns(sink, pg.schema, "things_g1") == {}
         assert await sink.read_checkpoint(g1) is None
-        assert await sink.read_checkpoint(g2) == Position(1, 1)
+        assert await sink.read_checkpoint(g2) == Position(2, 2)
 
 
 @pytest.mark.parametrize(

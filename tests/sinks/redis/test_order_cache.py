@@ -10,7 +10,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from core.errors import CheckpointConflict
+from core.errors import CheckpointConflict, ConfigurationError
 from core.eventstore.postgres import PostgresEventStore
 from core.operations import Batch
 from core.position import Position
@@ -94,6 +94,9 @@ async def test_replayed_batches_change_nothing(
         second = await snapshot(raw, KeyLayout(namespace, 2))
         assert second.documents == order_log.expected()
         assert second.versions == order_log.versions()
+        with pytest.raises(ConfigurationError, match="behind the live generation 1"):
+            await sink.promote(fresh)  # its checkpoint (1/n here) is behind generation 1's
+        await sink.write(fresh, Batch(lane.name, (), at, head))
         assert await sink.promote(fresh) == 1
         async with OrderCacheReader(sink.settings, prefix=namespace) as orders:
             assert await orders.get_orders(order_log.expected()) == order_log.expected()

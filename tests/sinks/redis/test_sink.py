@@ -159,7 +159,7 @@ async def test_generations_swap_atomically(sink: RedisSink, namespace: str) -> N
     await sink.write(one, batch([PutDocument("k", 1, {"g": 1})], None, P1))
     await sink.prepare(two)
     assert await sink.live_generation(two) == 1
-    with pytest.raises(ConfigurationError, match="has not written this generation"):
+    with pytest.raises(ConfigurationError, match="has not written generation 2"):
         await sink.promote(two)
     await sink.write(two, batch([PutDocument("k", 1, {"g": 2})], None, P1))
     async with RedisDocumentReader(sink.settings, namespace) as reader:
