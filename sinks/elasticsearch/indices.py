@@ -3,9 +3,10 @@ the read alias ``<projection>`` that searchers use, with atomic alias swaps.
 
 When the alias is set:
 
-* generation 1 gets the alias in the same request that creates its index (there is no older
-  generation to keep serving, so searchers see it fill up from the first flush);
-* any later generation is created without it, with refresh off and no replicas, and is
+* an index created while no index holds the alias gets it in the same request that creates
+  it (generation 1 at the first start, or the live generation reset in place: there is no
+  other generation to keep serving, so searchers see it fill up from the first flush);
+* any other generation is created without it, with refresh off and no replicas, and is
   given the alias only by :func:`promote`, after its lane has caught up: one ``_aliases``
   request removes the alias from the old generation and adds it to the new one, so a search
   sees one or the other, never both and never a half-built index.
@@ -88,9 +89,11 @@ async def ensure_index(
     """Create the generation's index if missing, else apply the mapping: added fields are
     accepted, changed ones refused.
 
-    Generation 1 is created with the alias if no index holds it yet. Any other index is
-    created without it, in bulk-load mode (refresh off, no replicas) since nobody searches it
-    until :func:`promote`, which the sink precedes with restoring the settings."""
+    An index created while no index holds the alias gets it at once, with its serving
+    settings: generation 1 at the first start, or a live generation ``N`` reset (deleted and
+    refilled in place), which would otherwise stay unserved and unrefreshed for good. Any other
+    index is created without it, in bulk-load mode (refresh off, no replicas) since nobody
+    searches it until :func:`promote`, which the sink precedes with restoring the settings."""
     holders = await alias_indices(cluster, alias)
     if not holders:
         concrete = await cluster.call(f"checking {alias}", lambda c: c.indices.exists(index=alias))
@@ -100,7 +103,7 @@ async def ensure_index(
             )
     exists = await cluster.call(f"checking index {index}", lambda c: c.indices.exists(index=index))
     if not exists:
-        serve = generation == 1 and not holders
+        serve = not holders
         aliases = {alias: {"filter": LIVE_FILTER}} if serve else None
         settings = layout.settings() if serve else {**layout.settings(), **BULK_LOAD_SETTINGS}
         try:

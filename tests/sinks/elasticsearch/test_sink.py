@@ -373,3 +373,24 @@ async def test_a_generation_behind_the_served_one_is_not_promoted(
     await sink.write(g2, batch([PutDocument("order-1", 2, order(1))], P(5, 1), P(10, 1)))
     assert await sink.promote(g2) == [sink.index(g1)]
     assert list((await raw.indices.get_alias(name=alias)).keys()) == [sink.index(g2)]
+
+
+async def test_a_live_later_generation_reset_in_place_keeps_serving(
+    sink: ElasticsearchSink, raw: AsyncElasticsearch
+) -> None:
+    """Generation 2 is live and the old one dropped; a rebuild in place (reset) deletes its
+    index, and the alias with it. Recreated without the alias and with refresh off, it was
+    never searched again."""
+    g1, g2 = target(), target(generation=2)
+    await sink.prepare(g1)
+    await sink.write(g1, batch([PutDocument("order-1", 1, order(1))], None, P(10, 1)))
+    await sink.prepare(g2)
+    await sink.write(g2, batch([PutDocument("order-1", 1, order(1))], None, P(10, 1)))
+    await sink.promote(g2)
+    await sink.drop(g1)
+    await sink.reset(g2)
+    await sink.prepare(g2)
+    alias = sink.alias("order_search")
+    assert list((await raw.indices.get_alias(name=alias)).keys()) == [sink.index(g2)]
+    settings = await raw.indices.get_settings(index=sink.index(g2))
+    assert settings[sink.index(g2)]["settings"]["index"].get("refresh_interval") != "-1"
