@@ -146,14 +146,18 @@ class App:
     async def _open(self) -> None:
         chosen = self.validate()
         s = self.settings
+        # Commands that only read (status, flush, dead letters) change nothing in the database:
+        # a monitoring role needs no CREATE, and a mistyped database gets no schema.
+        reading = self.observe or self.only == ()
         self.store = await PostgresEventStore.connect(
             s.postgres_dsn.get_secret_value(),
             schema=s.event_store_schema,
             poll_interval=s.poll_interval,
+            migrate=not reading,
         )
         self._stack.push_async_callback(self.store.close)
         self.dead_letters = PostgresDeadLetters(self.store.pool, s.event_store_schema)
-        if s.lookups and chosen:
+        if s.lookups and chosen and not self.observe:
             factory = import_object(s.lookups, "lookups")
             self.lookups = CachedLookups(
                 await factory(self.store.pool, s), seconds=s.lookup_cache_seconds

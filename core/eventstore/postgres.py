@@ -31,6 +31,7 @@ from core import jsontext
 from core.errors import (
     CheckpointAheadOfLog,
     ConcurrencyError,
+    ConfigurationError,
     EventLogRestored,
     InvalidEvent,
     ProjectionistError,
@@ -252,6 +253,8 @@ class PostgresEventStore(EventStore):
         try:
             if migrate:
                 await store.migrate()
+            else:
+                await store.check_exists()
             await store.check_not_restored()
             await store._warn_if_blind_to_other_roles()
         except BaseException:
@@ -278,6 +281,22 @@ class PostgresEventStore(EventStore):
                     return
                 await conn.execute(ddl)
                 await conn.execute(f"COMMENT ON SCHEMA {quote_ident(self.schema)} IS '{stamp}'")
+
+    async def check_exists(self) -> None:
+        """Refuse a database without this store's log (opened without migrating it)."""
+        rows = await self._fetch(
+            "looking for the event log",
+            "SELECT to_regclass($1)",
+            f"{quote_ident(self.schema)}.events",
+        )
+        if rows[0][0] is None:
+            raise ConfigurationError(
+                "event_store_schema",
+                self.schema,
+                "this database holds no event log in that schema: check "
+                "PROJECTIONIST_POSTGRES_DSN and PROJECTIONIST_EVENT_STORE_SCHEMA, or create it by "
+                "appending (`projectionist demo`) or running a lane (`projectionist run`) once",
+            )
 
     async def _warn_if_blind_to_other_roles(self) -> None:
         """Warn once when the role cannot see other roles' transactions: the fence age would

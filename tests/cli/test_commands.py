@@ -219,6 +219,34 @@ def test_run_with_no_enabled_lane_is_refused(tmp_path: Path) -> None:
         assert "no lane is enabled" in line, line
 
 
+@pytest.mark.postgres
+def test_reading_commands_change_nothing_in_the_database(
+    postgres_dsn: str, tmp_path: Path, namespace: str
+) -> None:
+    """``status``, ``flush`` and ``dead-letters list`` created the log's schema and the
+    catalog (a monitoring role needs no CREATE; a mistyped database gets nothing)."""
+    import anyio
+    import asyncpg
+
+    _config(tmp_path, namespace)
+    env = {"PROJECTIONIST_POSTGRES_DSN": postgres_dsn}
+    for args in (["status"], ["flush", "order_summary@postgres"], ["dead-letters", "list"]):
+        line = one_line_error(cli(*args, env=env, cwd=tmp_path))
+        assert "holds no event log" in line and namespace in line, line
+
+    async def schemas() -> list[str]:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"{namespace}%"
+            )
+            return [r[0] for r in rows]
+        finally:
+            await conn.close()
+
+    assert anyio.run(schemas) == []
+
+
 def _config(tmp_path: Path, namespace: str) -> Path:
     path = tmp_path / "projectionist.toml"
     path.write_text(
