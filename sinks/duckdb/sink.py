@@ -391,6 +391,17 @@ class DuckDBSink(Sink):
 
     # -- the contract --------------------------------------------------------------------
 
+    def check_target(self, target: Target) -> None:
+        """The target's tables (names, reserved columns, children) and ``views`` option are
+        valid and no other option is given, checked before any lane starts."""
+        unknown = sorted(set(target.options) - {"views"})
+        if unknown:
+            raise ConfigurationError(
+                f"{target.lane}.options", unknown, "the DuckDB sink's lane option is: views"
+            )
+        table_set(target)
+        user_views(target)
+
     async def prepare(self, target: Target) -> None:
         tables = table_set(target)
         views = user_views(target)

@@ -130,7 +130,10 @@ class ElasticsearchSink(Sink):
         """The index options are valid (the decimal type the cluster has is settled later)."""
         options = dict(target.options)
         options.setdefault("decimal_type", "double")
-        IndexLayout.of(target.schema, options)
+        try:
+            IndexLayout.of(target.schema, options)
+        except (TypeError, ValueError) as exc:  # a number given as text, say
+            raise ConfigurationError(f"{target.lane}.options", target.options, str(exc)) from None
 
     async def prepare(self, target: Target) -> None:
         """Create the checkpoint index and the generation's index (with the alias for

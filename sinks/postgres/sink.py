@@ -198,6 +198,11 @@ class PostgresSink(Sink):
         if added:
             log.info("sink %s: added columns %s to %s", self.name, added, layout.table)
 
+    def check_target(self, target: Target) -> None:
+        """The lane's options and schema make a valid layout (names, ``indexes``, no unknown
+        option), checked before any lane starts."""
+        layout_for(self.settings.schema_name, target)
+
     async def swap(self, target: Target) -> None:
         """Point the projection's view at ``target``'s generation, atomically for readers;
         refused (:func:`~core.sink.check_promotable`) unless its lane has written it at least

@@ -165,7 +165,15 @@ class RedisSink(Sink):
 
     def check_target(self, target: Target) -> None:
         """``key_prefix`` (a lower-case name: no glob or hash-tag character) and
-        ``ttl_seconds`` are valid."""
+        ``ttl_seconds`` are valid, and no other option is given (a mistyped ``ttl_second``
+        meant documents that never expire, a ``key_prefx`` a prefix the readers miss)."""
+        unknown = sorted(set(target.options) - _LANE_OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"{target.lane}.options",
+                unknown,
+                f"the Redis sink knows: {', '.join(sorted(_LANE_OPTIONS))}",
+            )
         layout_for(target)
         ttl_for(target)
 
@@ -366,6 +374,9 @@ class RedisSink(Sink):
             await self.client.delete(layout.owner)
         except DRIVER_ERRORS as exc:
             raise self._error(exc, f"dropping {layout.tag} g{target.generation}") from None
+
+
+_LANE_OPTIONS = frozenset({"key_prefix", "ttl_seconds"})
 
 
 def _shared_prefix(keys: KeyLayout, target: Target, other: str) -> ConfigurationError:

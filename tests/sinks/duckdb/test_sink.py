@@ -572,3 +572,19 @@ async def test_working_file_after_close_matches_the_snapshot(
         assert checkpoint_of(con, LANE) == Position(3, 3)
     finally:
         con.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"view": {}}, "lane option is: views"), ({"views": ["x"]}, "mapping of view name")],
+)
+async def test_bad_lane_options_are_refused_at_start(
+    make_sink: SinkFactory, options: dict[str, Any], match: str
+) -> None:
+    """Refused before any lane starts (``check_target``), not when the lane prepares."""
+    with pytest.raises(ConfigurationError, match=match):
+        make_sink().check_target(target(**options))
+    with pytest.raises(ConfigurationError, match="version"):
+        make_sink().check_target(
+            target(DocumentSchema(fields=(Field(name="version", type=T.INTEGER),)))
+        )

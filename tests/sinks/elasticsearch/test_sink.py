@@ -394,3 +394,12 @@ async def test_a_live_later_generation_reset_in_place_keeps_serving(
     assert list((await raw.indices.get_alias(name=alias)).keys()) == [sink.index(g2)]
     settings = await raw.indices.get_settings(index=sink.index(g2))
     assert settings[sink.index(g2)]["settings"]["index"].get("refresh_interval") != "-1"
+
+
+def test_an_option_of_the_wrong_type_is_a_configuration_error(
+    es_settings: ElasticsearchSinkSettings,
+) -> None:
+    """``replicas = "one"`` was a raw ValueError (a traceback at start)."""
+    sink = ElasticsearchSink(es_settings)
+    with pytest.raises(ConfigurationError, match="replicas"):
+        sink.check_target(target(replicas="one"))

@@ -345,3 +345,21 @@ async def test_a_read_only_server_and_a_lock_timeout_are_transient(pg: PgEnv) ->
     finally:
         await holder.close()
         await waiting.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"indexs": []}, "knows: indexes"), ({"indexes": [["nope"]]}, "nope")],
+)
+async def test_bad_lane_options_are_refused_at_start(
+    pg: PgEnv, options: dict[str, Any], match: str
+) -> None:
+    """Refused before any lane starts (``check_target``), not when the lane prepares."""
+    bad = Target(
+        lane="order_detail@postgres",
+        projection="order_detail",
+        schema=OrderDetail.schema,
+        options=options,
+    )
+    with pytest.raises(ConfigurationError, match=match):
+        pg.sink().check_target(bad)

@@ -262,3 +262,15 @@ async def test_settings_never_show_secrets() -> None:
     with pytest.raises(ConfigurationError) as bad:
         RedisSinkSettings(url="http://u:pw-9@host/0")
     assert "pw-9" not in str(bad.value)
+
+
+@pytest.mark.parametrize("options", [{"ttl_second": 60}, {"key_prefx": "order"}])
+def test_an_unknown_lane_option_is_refused_at_start(
+    options: dict[str, object], redis_url: str
+) -> None:
+    """``ttl_second`` meant documents that never expire, ``key_prefx`` a prefix the
+    readers miss: refused before any lane starts, naming the known ones."""
+    sink = RedisSink(RedisSinkSettings(url=redis_url))
+    bad = Target(lane="order_cache@redis", projection="order_cache", options=options)
+    with pytest.raises(ConfigurationError, match="knows: key_prefix, ttl_seconds"):
+        sink.check_target(bad)
