@@ -85,7 +85,10 @@ def _timestamp(v: Any) -> datetime:
             raise _Refused(f"{v!r} is not an ISO-8601 timestamp") from None
     if not isinstance(v, datetime):
         raise _Refused(f"expected a timestamp, got {type(v).__name__}")
-    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    try:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
+        raise _Refused(f"{v.isoformat()!r} is out of the timestamp range in UTC") from None
 
 
 def _date(v: Any) -> date:
@@ -239,7 +242,14 @@ def _children(
             continue
         if not isinstance(found, list) or not all(isinstance(r, dict) for r in found):
             raise DocumentRejected(key, f"field {child.source!r} must be a list of objects")
-        identities = {tuple(r.get(k) for k in child.key_fields) for r in found}
+        try:
+            identities = {tuple(r.get(k) for k in child.key_fields) for r in found}
+        except TypeError:  # a key field holding a list or an object
+            raise DocumentRejected(
+                key,
+                f"{child.source}: a key field ({', '.join(child.key_fields)}) holds a list or "
+                "an object; key fields take text, numbers, booleans or dates",
+            ) from None
         if child.key_fields and len(identities) != len(found):
             raise DocumentRejected(
                 key, f"{child.source}: two rows have the same {', '.join(child.key_fields)}"

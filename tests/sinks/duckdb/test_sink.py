@@ -396,6 +396,9 @@ async def test_checkpoint_conflict_rolls_back_the_data(
         ({"parts": [{"qty": 1}]}, r"parts\[0\]: field 'sku'"),
         ({"parts": [{"sku": "y", "qty": 1.5}]}, "qty"),
         ({"meta": {1, 2}}, "not JSON"),
+        ({"parts": [{"sku": ["x"], "qty": 1}]}, "key field"),
+        ({"price": "1_000"}, "price"),
+        ({"n": "1_000"}, "'n'"),
     ],
 )
 async def test_rejected_document_names_key_and_field_and_rolls_back(
@@ -588,3 +591,12 @@ async def test_bad_lane_options_are_refused_at_start(
         make_sink().check_target(
             target(DocumentSchema(fields=(Field(name="version", type=T.INTEGER),)))
         )
+
+
+def test_a_timestamp_before_the_year_1_in_utc_is_refused_on_the_slow_path() -> None:
+    """A column with a value without an offset takes the per-value path, where converting
+    ``0001-01-01T00:00:00+01:00`` to UTC raised a raw OverflowError (the lane crashed)."""
+    from sinks.duckdb.encode import _Refused, _timestamp
+
+    with pytest.raises(_Refused, match="out of the timestamp range"):
+        _timestamp("0001-01-01T00:00:00+01:00")
