@@ -210,8 +210,16 @@ class DuckDBSink(Sink):
             os.close(fd)
             raise StoreUnavailable(f"locking {self.layout.lock}: {exc}") from None
         since = datetime.now(UTC).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        try:  # who holds it, for the next one's message
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0
+            )
+        except OSError as exc:
+            # Closing releases the lock: kept open, the retry's own new descriptor would
+            # conflict with it and refuse this very process as "another runner".
+            os.close(fd)
+            raise StoreUnavailable(f"writing {self.layout.lock}: {exc}") from None
         self._lock_fd = fd
 
     def _connection(self, *, unbounded: bool = False) -> duckdb.DuckDBPyConnection:

@@ -174,3 +174,31 @@ async def test_an_observer_reads_the_published_checkpoint_beside_the_runner(
     await observer.close()
     with pytest.raises(FileInUse):
         await make_sink().open()  # the writer's lock is untouched by the observer's close
+
+
+async def test_a_failed_write_of_the_lock_file_releases_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while writing who holds the lock: the locked descriptor leaked, and the
+    retry's own new descriptor conflicted with it, refusing this very process as "another
+    runner" (a permanent error)."""
+    import errno
+
+    import sinks.duckdb.sink as module
+    from sinks.duckdb import DuckDBSinkSettings
+
+    real = os.pwrite
+    calls: list[int] = []
+
+    def full_once(fd: int, data: bytes, offset: int) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(module.os, "pwrite", full_once)
+    sink = DuckDBSink(DuckDBSinkSettings(path=tmp_path / "a.duckdb"))
+    with pytest.raises(StoreUnavailable, match="No space left"):
+        await sink.open()
+    await sink.open()  # the retry takes the lock
+    await sink.close()
