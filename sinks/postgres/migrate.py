@@ -11,6 +11,7 @@ import asyncpg
 
 from core import jsontext
 from core.errors import ConfigurationError
+from core.naming import quote_ident
 from core.schema import Field
 from sinks.postgres.encode import CONVERTERS
 from sinks.postgres.schema import FIXED_COLUMNS, SQL_TYPES, Layout, q
@@ -189,6 +190,13 @@ async def ensure_target(conn: asyncpg.Connection, layout: Layout) -> list[str]:
     return added
 
 
+_VIEW_GRANTS = (
+    "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+    "WHERE table_schema = $1 AND table_name = $2 AND grantee <> current_user"
+)
+"""Privileges others hold on the view (a swap drops and creates it: they are granted again)."""
+
+
 async def ensure_view(conn: asyncpg.Connection, layout: Layout, *, swap: bool) -> None:
     """Create the view if absent; refresh its columns when it reads this generation; with
     ``swap``, point it at this generation (drop and create in the caller's transaction)."""
@@ -209,8 +217,12 @@ async def ensure_view(conn: asyncpg.Connection, layout: Layout, *, swap: bool) -
     columns = tuple(await _columns(conn, layout, layout.view))
     if reads == layout.table and columns == layout.view_columns():
         return
+    grants = await conn.fetch(_VIEW_GRANTS, layout.schema, layout.view)
     await conn.execute(f"DROP VIEW {layout.qualified(layout.view)}")
     await conn.execute(layout.create_view())
+    for grantee, privilege in grants:  # readers keep what they were granted on the view
+        who = "PUBLIC" if grantee == "PUBLIC" else quote_ident(grantee)
+        await conn.execute(f"GRANT {privilege} ON {layout.qualified(layout.view)} TO {who}")
 
 
 async def drop_generation(conn: asyncpg.Connection, layout: Layout, lane: str) -> None:

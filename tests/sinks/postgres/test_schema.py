@@ -192,7 +192,14 @@ async def test_a_new_generation_is_filled_beside_the_live_one_then_swapped(pg: P
             await sink.swap(g3)
         assert await columns(sink, pg.schema, "things_g3") == {}  # refused before creating it
         await put(sink, g2, "new", 2, {"id": "new", "status": "y", "n": 1})
+        await sink.pool.execute(f'GRANT SELECT ON "{pg.schema}".things TO PUBLIC')  # readers
         await sink.swap(g2)
+        grants = await sink.pool.fetch(
+            "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+            "WHERE table_schema = $1 AND table_name = 'things' AND grantee = 'PUBLIC'",
+            pg.schema,
+        )
+        assert [tuple(g) for g in grants] == [("PUBLIC", "SELECT")]  # kept through the swap
         assert await view_reads(sink, pg.schema) == ["things_g2"]
         keys = await sink.pool.fetch(f'SELECT key, n FROM "{pg.schema}".things')
         assert [tuple(r) for r in keys] == [("new", 1)]
