@@ -44,7 +44,7 @@ SAMPLE_EVERY = 0.5
 
 def runner_env(log: BenchLog, where: Where, services: Services, lanes: list[str]) -> dict[str, str]:
     """The environment of a runner of ``lanes`` on the benchmark's log, writing under
-    ``where``; no configuration file (``PROJECTIONIST_CONFIG`` names none)."""
+    ``where``; no configuration file (``PROJECTIONIST_CONFIG`` is the null device)."""
     where.folder.mkdir(parents=True, exist_ok=True)
     sinks = {name: s.model_dump(mode="json") for name, s in DEFAULT_SINKS.items()}
     sinks["elasticsearch"]["options"] = {"index_prefix": where.index_prefix}
@@ -56,7 +56,7 @@ def runner_env(log: BenchLog, where: Where, services: Services, lanes: list[str]
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTIONIST_")}
     env.update(
-        PROJECTIONIST_CONFIG=str(where.folder / "no-such-config.toml"),
+        PROJECTIONIST_CONFIG=os.devnull,
         PROJECTIONIST_POSTGRES_DSN=services.dsn,
         PROJECTIONIST_REDIS_URL=services.redis_url,
         PROJECTIONIST_ELASTICSEARCH_URL=services.elasticsearch_url,

@@ -181,14 +181,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         named = os.environ.get("PROJECTIONIST_CONFIG")
+        if named == os.devnull:  # no file at all, not even ./projectionist.toml
+            return (init_settings, env_settings)
         toml = Path(named or "projectionist.toml")
         if named and not toml.is_file():
             # a typo here would run the built-in lanes against the configured stores
             raise ConfigurationError(
                 "PROJECTIONIST_CONFIG",
                 named,
-                "no such file: point it at the configuration file, or unset it to read "
-                "./projectionist.toml (when there is one) and the environment only",
+                "no such file: point it at the configuration file, unset it to read "
+                f"./projectionist.toml (when there is one), or set it to {os.devnull} to read "
+                "the environment only",
             )
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml.is_file():

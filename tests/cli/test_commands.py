@@ -118,6 +118,16 @@ def test_a_configuration_that_cannot_be_read_is_one_line(
     assert "hidden-pw" not in line
 
 
+def test_config_dev_null_reads_no_file_not_even_the_local_one(tmp_path: Path) -> None:
+    (tmp_path / "projectionist.toml").write_text("poll_interval = [1\n")  # would be refused
+    env = {
+        "PROJECTIONIST_POSTGRES_DSN": "postgresql://u:hidden-pw@127.0.0.1:1/db",
+        "PROJECTIONIST_CONFIG": "/dev/null",
+    }
+    line = one_line_error(cli("status", env=env, cwd=tmp_path))
+    assert "cannot reach" in line, line  # got past the settings: the file was not read
+
+
 @pytest.mark.postgres
 def test_wrong_password_is_refused_without_showing_it(postgres_dsn: str, tmp_path: Path) -> None:
     wrong = postgres_dsn.replace("projectionist:projectionist@", "projectionist:Wr0ng-pw@")
