@@ -94,15 +94,17 @@ class StreamAppender(ABC):
     ) -> AppendResult: ...
 
 
-def ahead_of_log(owner: str, position: Position, next_xid: int) -> str:
-    """The message of :class:`~core.errors.CheckpointAheadOfLog`."""
+def ahead_of_log(owner: str, position: Position, next_xid: int, *, lane: bool = True) -> str:
+    """The message of :class:`~core.errors.CheckpointAheadOfLog`; ``owner`` is a lane's name
+    (``lane``) or the store's reader, whose remedy is every lane's rebuild."""
+    rebuild = f"`projectionist rebuild {owner}`" if lane else "`projectionist rebuild` each lane"
     return (
         f"{owner} has read up to position {position}, but the event log's next transaction "
         f"id is {next_xid}: the log lost transactions that were read from it (a failover that "
         "lost its last commits, or a restore to an earlier point in time), so new events would "
         "get positions behind it and never be read. Remedy: make sure the log holds what it "
-        f"should, then rebuild the read model (`projectionist rebuild {owner}`); see "
-        "docs/event-log.md (Restoring the log)"
+        f"should, then rebuild the read models ({rebuild}); see docs/event-log.md (Restoring "
+        "the log)"
     )
 
 

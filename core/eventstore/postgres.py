@@ -606,6 +606,9 @@ class PostgresEventStore(EventStore):
             if self._listener is not None and not self._listener.is_closed():
                 return
             conn: asyncpg.Connection | None = None
+            # What was read before the snapshot below: reads on other connections meanwhile
+            # may see commits newer than it (compared with them, a live server looks behind).
+            seen = self._highest_read
             try:
                 with anyio.fail_after(self.poll_interval):  # never past a poll's wait
                     conn = await asyncpg.connect(self._dsn)
@@ -616,12 +619,13 @@ class PostgresEventStore(EventStore):
                     conn.terminate()
                 self._listener = None  # fall back to polling until the next call retries
                 return
-            if self._highest_read >= next_xid and self._lost is None:
+            if seen >= next_xid and self._lost is None:
                 self._lost = CheckpointAheadOfLog(
                     ahead_of_log(
                         f"the event store's reader ({self.schema})",
-                        Position(self._highest_read, 0),
+                        Position(seen, 0),
                         next_xid,
+                        lane=False,
                     )
                 )
             self._listener = conn

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from time import monotonic
+from typing import Any
 
 import anyio
 import asyncpg
@@ -368,3 +369,26 @@ async def test_a_role_that_sees_other_roles_is_not_warned(
     with caplog.at_level("WARNING", logger="projectionist.eventstore"):
         await pg_store_factory()
     assert "pg_read_all_stats" not in caplog.text
+
+
+async def test_reads_during_the_listeners_reconnect_do_not_look_lost(
+    pg_store_factory: PgStoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other lanes read on while the listener reconnects: a commit after the listener's
+    snapshot, read before the comparison, made a live server look behind (the chaos test's
+    runners halted, "read up to 5675, next transaction id 5673")."""
+    store = await pg_store_factory(poll_interval=5)
+    await store.append("race-l", [event(1)], NO_STREAM)
+    await read_until(store, 1)
+    listen = asyncpg.Connection.add_listener
+
+    async def read_on_then_listen(conn: asyncpg.Connection, *args: Any) -> None:
+        # after the listener's snapshot, before the comparison
+        await store.append("race-l", [event(2)], ANY)
+        await read_until(store, 2)
+        await listen(conn, *args)
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", read_on_then_listen)
+    await store.wait_for_new(0.01)
+    monkeypatch.undo()
+    assert len(await store.read(START, 10)) == 2  # no CheckpointAheadOfLog
