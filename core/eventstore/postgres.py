@@ -111,7 +111,9 @@ def _envelope(row: asyncpg.Record) -> EventEnvelope:
 
 
 _LISTENER_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DRIVER_ERRORS)
-"""A listener connection that failed, or took longer than a poll interval to open."""
+"""A listener connection that failed, or took too long to open."""
+LISTENER_CONNECT_SECONDS = 2.0
+"""The least time the listener's connection may take to open (else the poll interval)."""
 
 
 class _Sql:
@@ -609,11 +611,13 @@ class PostgresEventStore(EventStore):
             # What was read before the snapshot below: reads on other connections meanwhile
             # may see commits newer than it (compared with them, a live server looks behind).
             seen = self._highest_read
+            # Bounded (asyncpg's own 60 s default held every waiting reader past its poll),
+            # by the driver's timeouts: cancelling a connect half-way leaks its socket.
+            limit = max(self.poll_interval, LISTENER_CONNECT_SECONDS)
             try:
-                with anyio.fail_after(self.poll_interval):  # never past a poll's wait
-                    conn = await asyncpg.connect(self._dsn)
-                    next_xid = int(await conn.fetchval(self._sql.next_xid))
-                    await conn.add_listener(f"{self.schema}_events", self._notified)
+                conn = await asyncpg.connect(self._dsn, timeout=limit)
+                next_xid = int(await conn.fetchval(self._sql.next_xid, timeout=limit))
+                await conn.add_listener(f"{self.schema}_events", self._notified)
             except _LISTENER_ERRORS:
                 if conn is not None:
                     conn.terminate()
