@@ -1,13 +1,14 @@
 """JSON text on the hot paths: orjson, with the standard library deciding every case where the
 two would differ.
 
-:func:`loads` returns what :func:`json.loads` returns for every text; orjson is about four
-times faster on event payloads. Where orjson refuses a text the standard library accepts (a
-lone surrogate escape, nesting past orjson's limit), the standard library decides. orjson
-also reads an integer past 64 bits as a *float* without a word (``18446744073709551616``
-becomes ``1.8446744073709552e+19``): so a text with a run of 19 digits or more (any integer
-outside the 64-bit range has one) goes to the standard library, and the result never depends
-on which parser ran.
+:func:`loads` returns what :func:`json.loads` returns for every text. Where orjson refuses a
+text the standard library accepts (a lone surrogate escape, nesting past orjson's limit), the
+standard library decides. orjson also reads an integer past 64 bits as a *float* without a
+word (``18446744073709551616`` becomes ``1.8446744073709552e+19``): so a text with a run of 19
+digits or more (any integer outside the 64-bit range has one) goes to the standard library,
+and the result never depends on which parser ran. With that check, it takes 2.3 us on a
+108-byte payload and 10.4 us on 1.1 KB, against the standard library's 3.8 and 16.9 (orjson
+alone 1.2 and 7.1).
 
 :func:`dumps` is ``json.dumps(value, ensure_ascii=False, allow_nan=False,
 separators=(",", ":")).encode()``, about three times faster on a read model's documents
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,9 +34,17 @@ import orjson
 
 __all__ = ("dumps", "loads")
 
-_LONG_DIGITS = re.compile("[0-9]{19}")
-_LONG_DIGITS_BYTES = re.compile(b"[0-9]{19}")
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 """A run of digits that may be an integer past 64 bits (every one has 19 digits or more)."""
+
+
+def _has_long_digit_run(text: str | bytes) -> bool:
+    """Whether ``text`` holds 19 digits in a row: every digit made ``0`` by one C-level
+    translate, then one substring search (a regular expression took longer than the parse
+    it guards: 24 us on a 1 KB payload)."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return _LONG_RUN in raw.translate(_DIGITS_TO_ZERO)
 _STDLIB = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _LEAVES = frozenset((str, int, bool, type(None)))
 _isfinite = math.isfinite
@@ -44,8 +52,7 @@ _isfinite = math.isfinite
 
 def loads(text: str | bytes) -> Any:
     """Decode one JSON text; raises :class:`ValueError` (as :func:`json.loads`) when invalid."""
-    long_digits = _LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS
-    if long_digits.search(text) is None:  # type: ignore[arg-type]
+    if not _has_long_digit_run(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
