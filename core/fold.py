@@ -61,6 +61,8 @@ class Pending:
     """Keys written since the last flush (a key's ``DocState.dirty`` has the final word)."""
     rows: dict[tuple[str, tuple[Any, ...]], Operation] = field(default_factory=dict)
     parked: list[DeadLetter] = field(default_factory=list)
+    parked_ids: set[UUID] = field(default_factory=set)
+    """The event ids of ``parked``."""
     resolved: list[UUID] = field(default_factory=list)
     started: float | None = None
     duplicates: int = 0

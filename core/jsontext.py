@@ -45,6 +45,8 @@ def _has_long_digit_run(text: str | bytes) -> bool:
     it guards: 24 us on a 1 KB payload)."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     return _LONG_RUN in raw.translate(_DIGITS_TO_ZERO)
+
+
 _STDLIB = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _LEAVES = frozenset((str, int, bool, type(None)))
 _isfinite = math.isfinite

@@ -37,6 +37,7 @@ from core.fold import (
 )
 from core.lookups import LookupProvider, NoLookups
 from core.operations import Batch
+from core.pgerrors import DRIVER_ERRORS, translate_pg_error
 from core.position import START, Position
 from core.projection import DocumentProjection, LookupKey, Projection
 from core.readahead import EventSource, ReadAhead
@@ -194,13 +195,21 @@ class Lane(ParksRejectedDocuments):
         letters = await self._retrying(
             "reading dead letters", lambda: self.dead_letters.find(self.name, "any")
         )
-        parked = [d for d in letters if d.status == "parked"]
+        still = {d.event_id for d in letters if d.status == "parked"}
+        # A letter held behind one that is no longer parked (skipped, retried, resolved) is
+        # released with it: retried like it, so the stream is not held by the first of them.
+        released = {
+            d.event_id
+            for d in letters
+            if d.status == "parked" and d.blocked_by is not None and d.blocked_by not in still
+        }
+        parked = [d for d in letters if d.event_id in still - released]
         self._blocked = {}
         for letter in sorted(parked, key=lambda d: d.stream_version):
             # the first one blocks; its stream's earlier events are applied as usual
             self._blocked.setdefault(letter.stream_id, (letter.event_id, letter.stream_version))
         self._skipped = {d.event_id for d in letters if d.status == "skipped"}
-        self._retried = {d.event_id for d in letters if d.status == "retry"}
+        self._retried = {d.event_id for d in letters if d.status == "retry"} | released
         self.stats.parked = len(parked)
         return Pending(position=self.checkpoint or START)
 
@@ -379,15 +388,13 @@ class Lane(ParksRejectedDocuments):
         key = envelope.stream_id
         blocker = self._blocked.get(key)
         if blocker is not None and envelope.stream_version >= blocker[1]:
-            if envelope.event_id == blocker[0] or any(
-                d.event_id == envelope.event_id for d in pending.parked
-            ):
+            if envelope.event_id == blocker[0] or envelope.event_id in pending.parked_ids:
                 return False
             state = pending.docs.get(key)
             if state is not None and envelope.stream_version <= state.version:
                 pending.duplicates += 1
                 return False
-            self._park(envelope, pending, f"held behind parked event {blocker[0]}")
+            self._park(envelope, pending, f"held behind parked event {blocker[0]}", blocker[0])
             return False
         try:
             skip = envelope.event_id in self._skipped
@@ -408,15 +415,18 @@ class Lane(ParksRejectedDocuments):
                     failed.cause,
                 )
                 return True
-            self._park(envelope, pending, str(failed.cause))
+            self._park(envelope, pending, str(failed.cause), None)  # its own failure
             if blocker is None or envelope.stream_version < blocker[1]:
                 self._blocked[key] = (envelope.event_id, envelope.stream_version)
         return False
 
-    def _park(self, envelope: EventEnvelope, pending: Pending, error: str) -> None:
-        blocker = self._blocked.get(envelope.stream_id)
-        blocked_by = blocker[0] if blocker is not None else None
+    def _park(
+        self, envelope: EventEnvelope, pending: Pending, error: str, blocked_by: UUID | None
+    ) -> None:
+        """Park ``envelope`` with ``error``; ``blocked_by``: the parked event it is held behind
+        (``None`` for an event that failed itself)."""
         pending.parked.append(DeadLetter.of(self.name, envelope, error, blocked_by))
+        pending.parked_ids.add(envelope.event_id)
         self.stats.parked += 1
         log.warning(
             "lane %s parked event %s at %s: %s",
@@ -477,8 +487,11 @@ class Lane(ParksRejectedDocuments):
                     return await self.lookups.fetch(s, i)
                 except ProjectionistError:
                     raise
-                except OSError as exc:  # a connection or a timeout: the service, retried
-                    raise LookupUnavailable(f"lookup {s}: {type(exc).__name__}: {exc}") from exc
+                except DRIVER_ERRORS as exc:  # the event store's pool, which providers get
+                    error = translate_pg_error(exc, f"lookup {s}")
+                    if isinstance(error, TransientError):  # a connection, a timeout, a restart
+                        raise LookupUnavailable(str(error)) from exc
+                    raise error from exc
                 except Exception as exc:
                     # Anything else is the provider's own failure: the same call fails the
                     # same way, so retrying would loop for ever on this chunk.

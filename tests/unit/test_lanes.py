@@ -552,3 +552,39 @@ async def test_a_lookup_that_cannot_connect_is_retried() -> None:
                 await anyio.sleep(0.01)
         assert ln.state is LaneState.RETRYING
         group.cancel_scope.cancel()
+
+
+async def test_skipping_the_blocker_releases_the_events_held_behind_it() -> None:
+    """Through the dead-letter store alone (not the CLI): at the next start the letters held
+    behind a skipped one are retried, and the stream's next event applies them."""
+    store = InMemoryEventStore()
+    await store.append("tally-1", [opened(), poison(), added(5)])
+    letters = InMemoryDeadLetters()
+    sink = InMemorySink()
+    first = lane(store, sink, policy=ErrorPolicy.PARK, dead_letters=letters)
+    await first.run(until_caught_up=True)
+    (poisoned,) = [d for d in await letters.find(first.name) if d.blocked_by is None]
+    await letters.set_status(first.name, [poisoned.event_id], "skipped")
+    await store.append("tally-1", [added(7)])
+    again = lane(store, sink, policy=ErrorPolicy.PARK, dead_letters=letters)
+    await again.run(until_caught_up=True)
+    doc = sink.state(again.target).live_documents()["tally-1"]
+    assert (doc["count"], doc["total"]) == (2, 12)
+    statuses = {d.stream_version: d.status for d in await letters.find(first.name, "any")}
+    assert statuses == {2: "skipped", 3: "resolved"}
+
+
+async def test_an_event_that_fails_itself_in_a_replay_is_held_behind_nothing() -> None:
+    """A replay meets an earlier event of a stream whose later event is parked, and it fails
+    on its own: its letter named the later one as its blocker, so skipping that one would
+    have released the real poison."""
+    store = InMemoryEventStore()
+    await store.append("tally-1", [opened(), poison(), added(5), added(6)])
+    envelopes = await everything(store)
+    letters = InMemoryDeadLetters()
+    ln = lane(store, InMemorySink(), policy=ErrorPolicy.PARK, dead_letters=letters)
+    await letters.park([DeadLetter.of(ln.name, envelopes[3], "parked by an earlier run")])
+    await ln.run(until_caught_up=True)
+    by_version = {d.stream_version: d for d in await letters.find(ln.name, "any")}
+    assert by_version[2].blocked_by is None and "poisoned" in by_version[2].error
+    assert by_version[3].blocked_by == envelopes[1].event_id
