@@ -331,12 +331,20 @@ def rebuild(lane: str) -> None:
             target = app_.runner.lane(lane)
             head = await app_.store.head()
             total = await app_.store.count_between(START, head) if head else 0
-            async with anyio.create_task_group() as group:
-                group.start_soon(_publisher, app_)  # status shows it "rebuilding"
-                with lane_progress(target, total, console):
-                    await app_.runner.rebuild(lane)
-                group.cancel_scope.cancel()
-            await _publish_stopped(app_)
+            failed: Exception | None = None
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_publisher, app_)  # status shows it "rebuilding"
+                    try:
+                        with lane_progress(target, total, console):
+                            await app_.runner.rebuild(lane)
+                    except Exception as exc:  # raised as itself below, not in a group
+                        failed = exc
+                    group.cancel_scope.cancel()
+            finally:
+                await _publish_stopped(app_)
+            if failed is not None:
+                raise failed
             return 1 if app_.runner.halted() else 0
 
     raise typer.Exit(_main(go))

@@ -112,6 +112,9 @@ class Lane(ParksRejectedDocuments):
             generation=generation,
             options=dict(options or {}),
         )
+        self.rebuilding = False
+        """Set by :meth:`core.runner.Runner.rebuild` while it replays this lane from the start:
+        ``status`` shows a working lane as ``rebuilding`` (:meth:`shown_state`)."""
         self.backoff = backoff or Backoff()
         self.document_cache = document_cache
         self.idle_poll = idle_poll
@@ -173,6 +176,14 @@ class Lane(ParksRejectedDocuments):
         convoy (:class:`core.source.SharedLog`). A no-op on a store read directly."""
         working = getattr(self.source, "working", None)
         return working() if working is not None else nullcontext()
+
+    def shown_state(self) -> str:
+        """The state ``status`` shows: ``rebuilding`` while a rebuild replays a lane that
+        works (starting, running, idle between reads, retrying), else :attr:`state`."""
+        working = (LaneState.STARTING, LaneState.RUNNING, LaneState.IDLE, LaneState.RETRYING)
+        if self.rebuilding and self.state in working:
+            return LaneState.REBUILDING.value
+        return self.state.value
 
     def _away(self) -> AbstractContextManager[None]:
         """Tell a shared log this lane waits out a store failure: the others go on."""

@@ -87,9 +87,13 @@ class Runner:
     async def rebuild(self, name: str) -> None:
         """Reset one lane and replay the whole log into it (the lane must not be running)."""
         lane = self.lane(name)
-        await lane.reset()
-        lane.state = LaneState.REBUILDING
-        await self._run_lane(lane, until_caught_up=True)
+        lane.rebuilding = True
+        try:
+            await lane.reset()
+            lane.state = LaneState.REBUILDING
+            await self._run_lane(lane, until_caught_up=True)
+        finally:
+            lane.rebuilding = False
 
     async def wait_for(self, name: str, position: Position, timeout: float = 10.0) -> bool:
         """Read-your-writes: True once lane ``name`` has durably passed ``position``."""

@@ -98,7 +98,7 @@ async def publish_status(store: PostgresEventStore, lanes: list[Lane], owner: st
         rows.append(
             (
                 lane.name,
-                lane.state.value,
+                lane.shown_state(),
                 owner,
                 lane.stats.events,
                 rate,

@@ -439,3 +439,22 @@ def test_the_flush_listener_comes_back_after_its_connection_is_cut(
 
     anyio.run(scenario)
     assert asked == ["order_summary@postgres"]
+
+
+@pytest.mark.postgres
+def test_a_rebuild_refused_by_its_store_is_one_line(
+    postgres_dsn: str, tmp_path: Path, namespace: str
+) -> None:
+    """Its error came out of the status publisher's task group as an ExceptionGroup: exit 3,
+    "unexpected error", instead of the one line and exit 2 of any other command."""
+    (tmp_path / "projectionist.toml").write_text(
+        f'event_store_schema = "{namespace}"\nlookups = "projections.orders:catalog_lookups"\n'
+        '[[lanes]]\nprojection = "projections.orders:OrderAnalytics"\nsink = "duckdb"\n'
+    )
+    (tmp_path / "not-duckdb.duckdb").write_text("not a database\n")
+    env = {
+        "PROJECTIONIST_POSTGRES_DSN": postgres_dsn,
+        "PROJECTIONIST_DUCKDB_PATH": str(tmp_path / "not-duckdb.duckdb"),
+    }
+    line = one_line_error(cli("rebuild", "order_analytics@duckdb", env=env, cwd=tmp_path))
+    assert "configuration error: duckdb.path=" in line, line

@@ -588,3 +588,20 @@ async def test_an_event_that_fails_itself_in_a_replay_is_held_behind_nothing() -
     by_version = {d.stream_version: d for d in await letters.find(ln.name, "any")}
     assert by_version[2].blocked_by is None and "poisoned" in by_version[2].error
     assert by_version[3].blocked_by == envelopes[1].event_id
+
+
+async def test_a_rebuilding_lane_is_shown_rebuilding_while_it_works() -> None:
+    """``Lane.run`` sets running and idle as it goes: status showed a rebuild as running."""
+    store = InMemoryEventStore()
+    await fill(store, streams=5, adds=2)
+    seen: list[str] = []
+
+    class Watching(InMemorySink):
+        async def write(self, target: Target, batch: Batch) -> None:
+            seen.append(ln.shown_state())
+            await super().write(target, batch)
+
+    ln = lane(store, Watching(), strategy=Strategy.immediate(max_batch=4, catch_up_batch=4))
+    await Runner(store, [ln]).rebuild(ln.name)
+    assert seen and set(seen) == {"rebuilding"}
+    assert ln.shown_state() == "idle"  # the rebuild is over
