@@ -153,15 +153,19 @@ class Settings(BaseSettings):
     @field_validator("postgres_dsn")
     @classmethod
     def _postgres_url(cls, value: SecretStr) -> SecretStr:
-        """A postgresql:// URL with a host and a valid port (an empty one would connect to
-        the driver's default address, and migrate whatever database answers there)."""
+        """A postgresql:// URL, its ports numbers (an empty value would connect to the
+        driver's default address, and migrate whatever database answers there)."""
         try:
             parts = urlsplit(value.get_secret_value())
-            host = parts.hostname or "host=" in parts.query  # a socket folder as ?host=
-            valid = parts.scheme in ("postgres", "postgresql") and bool(host)
-            valid = valid and parts.port != 0  # .port raises for a port that is not a number
         except ValueError:
             valid = False
+        else:
+            # several hosts (h1:5432,h2:5433, a failover list) are valid; each port a number
+            hosts = parts.netloc.rpartition("@")[2]
+            ports = [h.rpartition("]")[2].partition(":")[2] for h in hosts.split(",")]
+            valid = parts.scheme in ("postgres", "postgresql") and all(
+                p == "" or p.isdigit() for p in ports
+            )
         if not valid:
             raise ValueError("use a postgresql://user@host:port/database URL")
         return value

@@ -438,18 +438,12 @@ class DuckDBSink(Sink):
                     [target.projection],
                 ).fetchall()
                 live = int(live_rows[0][0]) if live_rows else None
-
-                def checkpoint(generation: int | None) -> Position | None:
-                    if generation is None:
-                        return None
-                    found = con.execute(
-                        "SELECT transaction_id, global_position FROM projectionist_checkpoints "
-                        "WHERE lane = ? AND generation = ?",
-                        [target.lane, generation],
-                    ).fetchall()
-                    return Position(found[0][0], found[0][1]) if found else None
-
-                check_promotable(target, checkpoint(target.generation), live, checkpoint(live))
+                check_promotable(
+                    target,
+                    _checkpoint(con, target.lane, target.generation),
+                    live,
+                    None if live is None else _checkpoint(con, target.lane, live),
+                )
                 set_live(con, tables, views, promote=True)
             self._publish_quietly()
 

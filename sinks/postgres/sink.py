@@ -217,10 +217,7 @@ class PostgresSink(Sink):
             async def checkpoint(generation: int | None) -> Position | None:
                 if generation is None:
                     return None
-                try:
-                    row = await conn.fetchrow(stm.read_checkpoint, target.lane, generation)
-                except asyncpg.UndefinedTableError:
-                    return None
+                row = await conn.fetchrow(stm.read_checkpoint, target.lane, generation)
                 return None if row is None else Position(row[0], row[1])
 
             check_promotable(

@@ -34,3 +34,16 @@ def test_the_environment_sets_one_sinks_options(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PROJECTIONIST_SINKS__POSTGRES__OPTIONS", '{"pool_size": 3}')
     s = Settings(postgres_dsn=DSN)  # type: ignore[arg-type]
     assert s.sinks["postgres"].options == {"pool_size": 3} and set(s.sinks) == set(DEFAULT_SINKS)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u@h1:5432,h2:5433/db",  # a failover list: asyncpg tries each
+        "postgresql:///db?host=/var/run/postgresql",
+        "postgres://u@[::1]:5432/db",
+        "postgresql:///db",
+    ],
+)
+def test_postgres_urls_the_driver_takes_are_accepted(dsn: str) -> None:
+    assert Settings(postgres_dsn=dsn).postgres_dsn.get_secret_value() == dsn  # type: ignore[arg-type]
