@@ -36,7 +36,7 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "near_real_time": {"max_delay": 0.5, "max_batch": 5_000},
     "batch": {"max_delay": 3600.0, "max_batch": 200_000, "read_size": 5_000},
 }
-"""Defaults that differ by kind (the constructors of :class:`Strategy` give the same)."""
+"""Defaults that differ by kind, for settings and the constructors of :class:`Strategy` alike."""
 
 
 class Strategy(BaseModel):
@@ -92,36 +92,32 @@ class Strategy(BaseModel):
 
     @classmethod
     def immediate(cls, max_batch: int = 1_000, catch_up_batch: int = CATCH_UP_BATCH) -> Strategy:
-        return cls(
-            kind="immediate",
-            max_batch=max_batch,
-            max_delay=0.0,
-            read_size=max_batch,
-            catch_up_batch=catch_up_batch,
-        )
+        return cls(kind="immediate", max_batch=max_batch, catch_up_batch=catch_up_batch)
 
     @classmethod
     def near_real_time(
-        cls, max_delay: float = 0.5, max_batch: int = 5_000, catch_up_batch: int = CATCH_UP_BATCH
+        cls,
+        max_delay: float | None = None,
+        max_batch: int | None = None,
+        catch_up_batch: int = CATCH_UP_BATCH,
     ) -> Strategy:
-        return cls(
-            kind="near_real_time",
-            max_batch=max_batch,
-            max_delay=max_delay,
-            catch_up_batch=catch_up_batch,
-        )
+        """Flush after ``max_delay`` seconds (0.5) or ``max_batch`` events (5,000)."""
+        given = _given(max_delay=max_delay, max_batch=max_batch)
+        return cls(kind="near_real_time", catch_up_batch=catch_up_batch, **given)
 
     @classmethod
     def batch(
         cls,
-        interval: float = 3600.0,
-        max_batch: int = 200_000,
+        interval: float | None = None,
+        max_batch: int | None = None,
         catch_up_batch: int = CATCH_UP_BATCH,
     ) -> Strategy:
-        return cls(
-            kind="batch",
-            max_batch=max_batch,
-            max_delay=interval,
-            read_size=5_000,
-            catch_up_batch=catch_up_batch,
-        )
+        """Flush every ``interval`` seconds (3,600), early at ``max_batch`` events (200,000)."""
+        given = _given(max_delay=interval, max_batch=max_batch)
+        return cls(kind="batch", catch_up_batch=catch_up_batch, **given)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The arguments that were given (the kind's defaults, :data:`_KIND_DEFAULTS`, fill the
+    others)."""
+    return {name: value for name, value in values.items() if value is not None}
