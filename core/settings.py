@@ -4,7 +4,9 @@ sinks plug in like the reference ones. Secrets are ``SecretStr`` and never print
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -32,6 +34,8 @@ from core.errors import ConfigurationError
 from core.naming import validate_name
 from core.redact import redact_text
 from core.strategy import ErrorPolicy, Strategy
+
+log = logging.getLogger("projectionist.settings")
 
 __all__ = (
     "DEFAULT_LANES",
@@ -222,7 +226,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and file, or a :class:`ConfigurationError` that names
     the field, the value and what is allowed (never a secret)."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except SettingsError as exc:  # an environment variable that should hold JSON does not
         raise ConfigurationError(
             "environment", "PROJECTIONIST_*", redact_text(f"{exc}: set it to valid JSON")
@@ -238,6 +242,41 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError(
             field, shown, redact_text(f"{first['msg']} (set through {env})")
         ) from None
+    warn_unknown_variables(os.environ)
+    return settings
+
+
+TOOL_VARIABLES = frozenset(
+    {
+        "PROJECTIONIST_CONFIG",
+        "PROJECTIONIST_ES_JAVA_HOME",
+        "PROJECTIONIST_ES_VERSION",
+        "PROJECTIONIST_ES_HEAP",
+        "PROJECTIONIST_REDIS_SERVER",
+    }
+)
+"""``PROJECTIONIST_*`` variables that are not settings: the configuration file's path and
+what scripts/services and the tests read."""
+
+
+def warn_unknown_variables(environ: Any) -> list[str]:
+    """Log a warning for each ``PROJECTIONIST_*`` variable that is neither a setting nor one
+    of :data:`TOOL_VARIABLES` (a misspelled ``PROJECTIONIST_METRIC_PORT`` is otherwise ignored
+    without a word); returns their names. A warning, not a refusal: other tools may share the
+    prefix."""
+    known = {name.upper() for name in Settings.model_fields}
+    unknown = []
+    for name in sorted(environ):
+        if not name.startswith("PROJECTIONIST_") or name in TOOL_VARIABLES:
+            continue
+        head = name.removeprefix("PROJECTIONIST_").split("__", 1)[0]
+        if head in known:
+            continue
+        unknown.append(name)
+        close = difflib.get_close_matches(head, known, n=1)
+        hint = f" (did you mean PROJECTIONIST_{close[0]}?)" if close else ""
+        log.warning("%s is not a setting and is ignored%s", name, hint)
+    return unknown
 
 
 def import_object(path: str, field: str) -> Any:

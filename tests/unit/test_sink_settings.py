@@ -47,3 +47,21 @@ def test_the_environment_sets_one_sinks_options(monkeypatch: pytest.MonkeyPatch)
 )
 def test_postgres_urls_the_driver_takes_are_accepted(dsn: str) -> None:
     assert Settings(postgres_dsn=dsn).postgres_dsn.get_secret_value() == dsn  # type: ignore[arg-type]
+
+
+def test_a_misspelled_variable_is_warned_about_with_the_setting_it_meant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from core.settings import warn_unknown_variables
+
+    environ = {
+        "PROJECTIONIST_METRIC_PORT": "9100",  # METRICS_PORT
+        "PROJECTIONIST_POSTGRES_DSN": DSN,
+        "PROJECTIONIST_SINKS__POSTGRES__OPTIONS": "{}",
+        "PROJECTIONIST_CONFIG": "/dev/null",
+        "PROJECTIONIST_REDIS_SERVER": "/usr/bin/redis-server",
+        "OTHER_METRIC_PORT": "1",
+    }
+    with caplog.at_level("WARNING", logger="projectionist.settings"):
+        assert warn_unknown_variables(environ) == ["PROJECTIONIST_METRIC_PORT"]
+    assert "did you mean PROJECTIONIST_METRICS_PORT?" in caplog.text
