@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from core.errors import ConfigurationError, InvalidEvent, ProjectionistError
+from core.errors import ConfigurationError, InvalidEvent, ProjectionistError, StoreUnavailable
 from core.events import EventEnvelope, EventLimits, NewEvent, encode_event
 from core.position import Position
 
@@ -82,16 +82,49 @@ class StreamAppender(ABC):
 
     failed: ProjectionistError | None = None
     """The failure that doomed this transaction, if one has."""
+    limits: EventLimits
+    """What :func:`check_batch` allows."""
 
     def raise_if_doomed(self) -> None:
         """Raise the failure that doomed this transaction again, if one has."""
         if self.failed is not None:
             raise self.failed
 
-    @abstractmethod
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
-    ) -> AppendResult: ...
+    ) -> AppendResult:
+        """Check the batch (nothing is sent if it is refused), wait for what holds its keys
+        (:meth:`_wait_for`), then :meth:`_append` it; any failure of that dooms the
+        transaction."""
+        self.raise_if_doomed()
+        encoded = check_batch(stream_id, events, self.limits)
+        await self._wait_for(stream_id, events)
+        try:
+            return await self._append(stream_id, events, encoded, expected_version)
+        except ProjectionistError as exc:
+            self.failed = doom(exc)
+            raise
+        except BaseException:
+            # Cancelled mid-statement: the server cancels the statement, which aborts the
+            # transaction, or the statement ran and the caller no longer knows its outcome.
+            self.failed = doom(
+                StoreUnavailable(f"an append to stream {stream_id!r} was interrupted")
+            )
+            raise
+
+    async def _wait_for(self, stream_id: str, events: Sequence[NewEvent]) -> None:  # noqa: B027
+        """Wait until no other open transaction holds these keys (a store whose server waits
+        inside the statement does nothing here)."""
+
+    @abstractmethod
+    async def _append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        encoded: Sequence[tuple[str, str]],
+        expected_version: int | None,
+    ) -> AppendResult:
+        """Append the checked batch (``encoded`` is :func:`check_batch`'s result)."""
 
 
 def ahead_of_log(owner: str, position: Position, next_xid: int, *, lane: bool = True) -> str:

@@ -24,7 +24,6 @@ from core.errors import (
     CheckpointAheadOfLog,
     ConcurrencyError,
     InvalidEvent,
-    ProjectionistError,
 )
 from core.events import EventEnvelope, EventLimits, NewEvent
 from core.eventstore.base import (
@@ -33,8 +32,6 @@ from core.eventstore.base import (
     EventStore,
     StreamAppender,
     ahead_of_log,
-    check_batch,
-    doom,
 )
 from core.position import Position
 
@@ -44,23 +41,24 @@ __all__ = ("InMemoryEventStore",)
 class _MemoryTransaction(StreamAppender):
     def __init__(self, store: InMemoryEventStore) -> None:
         self._store = store
+        self.limits = store.limits
         self.xid: int | None = None
         self.started = monotonic()
         self.staged: list[EventEnvelope] = []
         self.ended = anyio.Event()
 
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
-    ) -> AppendResult:
-        self.raise_if_doomed()
-        encoded = check_batch(stream_id, events, self._store.limits)  # nothing staged if refused
+    async def _wait_for(self, stream_id: str, events: Sequence[NewEvent]) -> None:
         while (holder := self._store._holder(self, stream_id, events)) is not None:
             await holder.ended.wait()
-        try:
-            return self._store._stage(self, stream_id, events, encoded, expected_version)
-        except ProjectionistError as exc:
-            self.failed = doom(exc)
-            raise
+
+    async def _append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        encoded: Sequence[tuple[str, str]],
+        expected_version: int | None,
+    ) -> AppendResult:
+        return self._store._stage(self, stream_id, events, encoded, expected_version)
 
 
 class InMemoryEventStore(EventStore):

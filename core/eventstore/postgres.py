@@ -34,8 +34,6 @@ from core.errors import (
     ConfigurationError,
     EventLogRestored,
     InvalidEvent,
-    ProjectionistError,
-    StoreUnavailable,
 )
 from core.events import EventEnvelope, EventLimits, NewEvent, UndecodableData
 from core.eventstore.base import (
@@ -45,7 +43,6 @@ from core.eventstore.base import (
     StreamAppender,
     ahead_of_log,
     check_batch,
-    doom,
 )
 from core.eventstore.postgres_schema import schema_ddl
 from core.naming import quote_ident, validate_name
@@ -180,26 +177,19 @@ class _PgAppender(StreamAppender):
     def __init__(self, store: PostgresEventStore, conn: asyncpg.Connection) -> None:
         self._store = store
         self._conn = conn
+        self.limits = store.limits
 
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None = ANY
+    async def _append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        encoded: Sequence[tuple[str, str]],
+        expected_version: int | None,
     ) -> AppendResult:
-        self.raise_if_doomed()
-        encoded = check_batch(stream_id, events, self._store.limits)  # nothing sent if refused
-        try:
-            return await self._store._append_on(
-                self._conn, stream_id, events, encoded, expected_version
-            )
-        except ProjectionistError as exc:
-            self.failed = doom(exc)
-            raise
-        except BaseException:
-            # Cancelled mid-statement: the server cancels the statement, which aborts the
-            # transaction, or the statement ran and the caller no longer knows its outcome.
-            self.failed = doom(
-                StoreUnavailable(f"an append to stream {stream_id!r} was interrupted")
-            )
-            raise
+        # Postgres waits for a concurrent holder of these keys inside the statement.
+        return await self._store._append_on(
+            self._conn, stream_id, events, encoded, expected_version
+        )
 
 
 class PostgresEventStore(EventStore):
